@@ -1,0 +1,50 @@
+"""create_app for intake: the shared web plumbing plus intake's routes, issuer and limiter."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from intake.models import Base
+from intake.settings import IntakeSettings
+from shared.auth import TokenIssuer
+from shared.db import Database
+from shared.settings import load_settings
+from shared.web import create_service_app
+
+log = logging.getLogger(__name__)
+
+
+def make_database(settings: IntakeSettings) -> Database:
+    return Database(settings.sqlalchemy_url, metadata=Base.metadata, producer="intake")
+
+
+def create_app(settings: IntakeSettings | None = None) -> Flask:
+    """Build the intake web app; nothing connects until the first request needs it."""
+    settings = settings or load_settings(IntakeSettings)
+    db = make_database(settings)
+    app, api = create_service_app(settings, db, title="Service365 intake 受理网关")
+    if not settings.private_key_path.exists():
+        raise SystemExit(
+            f"找不到令牌私钥 / JWT private key not found at {settings.private_key_path}: "
+            "set JWT_PRIVATE_KEY_FILE or run `make keys`"
+        )
+    app.extensions["token_issuer"] = TokenIssuer(
+        settings.private_key_path.read_bytes(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.access_token_ttl_seconds,
+    )
+    if settings.wechat_mode == "dev":
+        log.warning("WECHAT_MODE=dev: the login code is taken as the openid (never in production)")
+
+    from intake import api as reports_api
+    from intake import auth_api, open311
+    from intake.limits import init_limiter
+
+    init_limiter(app, settings)
+    api.register_blueprint(reports_api.blp)
+    api.register_blueprint(auth_api.blp)
+    app.register_blueprint(open311.blp)
+    return app

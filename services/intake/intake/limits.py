@@ -1,0 +1,45 @@
+"""Rate limits (flask-limiter): Redis when REDIS_URL is set, memory otherwise.
+
+Limits are keyed by the signed-in user for reports and uploads (a whole village may share one
+carrier address), by username and by IP for password login.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from shared.auth import current_principal
+
+limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=True)
+
+
+def init_limiter(app: Flask, settings) -> None:
+    app.config["RATELIMIT_STORAGE_URI"] = settings.redis_url or "memory://"
+    app.config["RATELIMIT_KEY_PREFIX"] = f"service365-{settings.service_name}"
+    app.config["RATELIMIT_HEADERS_ENABLED"] = True
+    limiter.init_app(app)
+
+
+def user_key() -> str:
+    """The caller's user id (401 first if there is no valid token)."""
+    principal = current_principal()
+    return f"user:{principal.id}"
+
+
+def login_username_key() -> str:
+    body = request.get_json(silent=True) or {}
+    username = body.get("username") if isinstance(body, dict) else None
+    return f"login-user:{str(username or '').strip().lower()[:64]}"
+
+
+def settings_limit(name: str):
+    """A limit string read from the app's settings at request time (each limit is a setting)."""
+
+    def read() -> str:
+        from flask import current_app
+
+        return getattr(current_app.extensions["settings"], name)
+
+    return read

@@ -1,0 +1,99 @@
+"""Fixtures for intake's tests: a fresh PostgreSQL database and vhost per test, signed tokens."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from intake.app import create_app, make_database
+from intake.models import User, Village
+from intake.settings import IntakeSettings
+from shared.auth import TokenIssuer, ensure_keypair
+
+VILLAGE_ID = uuid.UUID("5a3c0000-0000-4000-8000-000000000001")
+
+
+@pytest.fixture(scope="session")
+def jwt_keys(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = folder / "private.pem", folder / "public.pem"
+    ensure_keypair(private, public)
+    return private, public
+
+
+@pytest.fixture
+def settings(fresh_database, amqp_url, jwt_keys, tmp_path) -> IntakeSettings:
+    private, public = jwt_keys
+    return IntakeSettings(
+        app_env="test",
+        database_url=fresh_database("intake"),
+        rabbitmq_url=amqp_url,
+        jwt_private_key_file=private,
+        jwt_public_key_file=public,
+        wechat_mode="dev",
+        media_dir=tmp_path / "media",
+        log_format="text",
+    )
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app):
+    return app.extensions["db"]
+
+
+@pytest.fixture
+def village(db) -> Village:
+    with db.transaction() as session:
+        village = Village(id=VILLAGE_ID, name="沙口集村")
+        session.add(village)
+    return village
+
+
+@pytest.fixture
+def make_user(db, app) -> Callable[..., tuple[User, dict[str, str]]]:
+    """``make_user(roles=["resident"])`` → (user, Authorization headers)."""
+    issuer: TokenIssuer = app.extensions["token_issuer"]
+
+    def make(roles=("resident",), name="张三", **fields) -> tuple[User, dict[str, str]]:
+        with db.transaction() as session:
+            user = User(
+                name=name,
+                roles=list(roles),
+                openid=fields.pop("openid", f"openid-{uuid.uuid4().hex}"),
+                **fields,
+            )
+            session.add(user)
+        token, _ = issuer.issue(user.id, user.roles, user.name, user.village_id)
+        return user, {"Authorization": f"Bearer {token}"}
+
+    return make
+
+
+def outbox_rows(db, event_type: str | None = None) -> list[dict]:
+    table = db.metadata.tables["outbox"]
+    stmt = sa.select(table).order_by(table.c.created_at)
+    if event_type:
+        stmt = stmt.where(table.c.event_type == event_type)
+    with db.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+@pytest.fixture
+def make_db():
+    return make_database

@@ -1,0 +1,165 @@
+"""SQLAlchemy 2 engine and sessions, made per process after fork, plus the plumbing tables.
+
+Each service owns one ``Database``; its models call ``plumbing_tables(Base.metadata)`` so that
+the outbox and the processed-events (inbox) tables live in the service's own database and its
+own Alembic history. Example::
+
+    db = Database(settings.sqlalchemy_url, metadata=Base.metadata, producer="intake")
+    with db.transaction() as session:
+        session.add(report)
+        emit(session, "issue.reported", {...})     # same transaction
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC timestamp on PostgreSQL and SQLite alike (SQLite drops the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; store times in UTC with a zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def plumbing_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    """Add the ``outbox`` and ``processed_events`` tables to a service's metadata."""
+    outbox = sa.Table(
+        "outbox",
+        metadata,
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("event_type", sa.String(80), nullable=False),
+        sa.Column("envelope", sa.JSON, nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+        sa.Column("sent_at", UTCDateTime, nullable=True),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sa.Index(
+            "ix_outbox_pending",
+            "created_at",
+            postgresql_where=sa.text("sent_at IS NULL"),
+            sqlite_where=sa.text("sent_at IS NULL"),
+        ),
+    )
+    processed = sa.Table(
+        "processed_events",
+        metadata,
+        sa.Column("event_id", sa.Uuid, primary_key=True),
+        sa.Column("handler", sa.String(120), primary_key=True),
+        sa.Column("event_type", sa.String(80), nullable=False),
+        sa.Column("processed_at", UTCDateTime, nullable=False, default=utcnow),
+    )
+    return outbox, processed
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Database:
+    """One engine per process (rebuilt after fork) and sessions that know their outbox."""
+
+    def __init__(self, url: str, *, metadata: sa.MetaData, producer: str, pool_size: int = 5):
+        self.url = url
+        self.metadata = metadata
+        self.producer = producer
+        self.pool_size = pool_size
+        self._pid: int | None = None
+        self._engine: Engine | None = None
+        self._sessionmaker: sessionmaker[Session] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of this process; built on first use so that nothing crosses a fork."""
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._build()
+        assert self._engine is not None
+        return self._engine
+
+    def _build(self) -> None:
+        if self.is_sqlite:
+            engine = sa.create_engine(self.url, connect_args={"timeout": 10})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = sa.create_engine(
+                self.url, pool_size=self.pool_size, max_overflow=10, pool_pre_ping=True
+            )
+        self._engine = engine
+        self._sessionmaker = sessionmaker(
+            bind=engine,
+            expire_on_commit=False,
+            info={
+                "producer": self.producer,
+                "outbox": self.metadata.tables.get("outbox"),
+                "processed_events": self.metadata.tables.get("processed_events"),
+            },
+        )
+        self._pid = os.getpid()
+
+    def session(self) -> Session:
+        """A new session; the caller commits or rolls back and closes it."""
+        self.engine  # noqa: B018 - make sure the sessionmaker belongs to this process
+        assert self._sessionmaker is not None
+        return self._sessionmaker()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed at the end, rolled back on any error."""
+        session = self.session()
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.close()
+
+    def ping(self) -> None:
+        """Raise if the database does not answer (for /readyz)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine = None
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()

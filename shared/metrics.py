@@ -1,0 +1,150 @@
+"""Prometheus series of DESIGN.md, correct under gunicorn's several workers (multiprocess mode).
+
+Every process of a service writes to the folder in ``PROMETHEUS_MULTIPROC_DIR``; ``/metrics``
+adds them up. Files of processes that are gone are removed at start (``clean_stale_files``) and
+gunicorn marks exiting workers dead (see ``shared/gunicorn_conf.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["service", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVENTS_PUBLISHED = Counter(
+    "events_published_total", "Events confirmed by the broker", ["service", "type"]
+)
+EVENTS_CONSUMED = Counter(
+    "events_consumed_total",
+    "Events taken from the service's queue, by outcome",
+    ["service", "type", "outcome"],
+)
+DLQ_MESSAGES = Gauge(
+    "dlq_messages",
+    "Messages waiting in the service's dead-letter queue",
+    ["service"],
+    multiprocess_mode="mostrecent",
+)
+
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def clean_stale_files(directory: Path | None = None) -> int:
+    """Remove the files of processes that no longer run; return how many were removed."""
+    directory = directory or multiprocess_dir()
+    if directory is None:
+        return 0
+    directory.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for path in directory.glob("*.db"):
+        match = _PID_FILE.search(path.name)
+        if not match:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ScrapeTimeGauges:
+    """Gauges read when /metrics is scraped (e.g. ``outbox_pending`` counted in the database)."""
+
+    def __init__(self, gauges: Iterable[tuple[str, str, Callable[[], float | None]]], service: str):
+        self.gauges = list(gauges)
+        self.service = service
+
+    def collect(self):
+        for name, doc, read in self.gauges:
+            try:
+                value = read()
+            except Exception:  # noqa: BLE001 - a scrape must not fail because one source is down
+                value = None
+            if value is None:
+                continue
+            family = GaugeMetricFamily(name, doc, labels=["service"])
+            family.add_metric([self.service], float(value))
+            yield family
+
+
+def metrics_response(extra: ScrapeTimeGauges | None = None) -> Response:
+    directory = multiprocess_dir()
+    if directory is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(directory))
+    else:
+        registry = CollectorRegistry() if extra else REGISTRY
+        if extra:
+            from prometheus_client import REGISTRY as default
+
+            registry.register(_Delegate(default))
+    if extra is not None:
+        registry.register(extra)
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _Delegate:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        return self.registry.collect()
+
+
+def init_http_metrics(app: Flask, service: str) -> None:
+    """Count and time every request by route template (``/api/v1/issues/<uuid:issue_id>``)."""
+
+    @app.before_request
+    def _start_timer() -> None:
+        g._metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _record(response: Response) -> Response:
+        started = g.pop("_metrics_started", None)
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        if route == "/metrics":
+            return response
+        HTTP_REQUESTS.labels(service, request.method, route, str(response.status_code)).inc()
+        if started is not None:
+            HTTP_DURATION.labels(service, route).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,88 @@
+"""Keyset pagination: ``cursor`` in, ``next_cursor`` out, never OFFSET.
+
+Example::
+
+    items, next_cursor = keyset_page(
+        session, sa.select(Issue).where(Issue.reporter_id == uid),
+        order=[Issue.reported_at.desc(), Issue.id.desc()],
+        key=lambda i: [i.reported_at, i.id], cursor=args.get("cursor"), limit=20)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import UnaryExpression
+
+from shared.errors import BadRequest
+
+T = TypeVar("T")
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"dt": value.isoformat()}
+    if isinstance(value, uuid.UUID):
+        return {"uuid": str(value)}
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and "dt" in value:
+        return datetime.fromisoformat(value["dt"])
+    if isinstance(value, dict) and "uuid" in value:
+        return uuid.UUID(value["uuid"])
+    return value
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    raw = json.dumps([_encode_value(v) for v in values], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(values, list):
+            raise ValueError
+        return [_decode_value(v) for v in values]
+    except (ValueError, TypeError):
+        raise BadRequest("分页参数 cursor 无效。", code="invalid_cursor") from None
+
+
+def keyset_page(
+    session: Session,
+    stmt: sa.Select,
+    *,
+    order: Sequence[UnaryExpression],
+    key: Callable[[Any], Sequence[Any]],
+    cursor: str | None,
+    limit: int,
+    scalars: bool = True,
+) -> tuple[list[Any], str | None]:
+    """One page of ``stmt`` ordered by ``order`` (all ascending or all descending)."""
+    directions = {getattr(o, "modifier", None) for o in order}
+    descending = sa.sql.operators.desc_op in directions
+    if len(directions) != 1:
+        raise ValueError("keyset order must be all ascending or all descending")
+    columns = [o.element for o in order]
+    if cursor:
+        values = decode_cursor(cursor)
+        if len(values) != len(columns):
+            raise BadRequest("分页参数 cursor 无效。", code="invalid_cursor")
+        row_key = sa.tuple_(*columns)
+        bound = sa.tuple_(*[sa.literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)])
+        stmt = stmt.where(row_key < bound if descending else row_key > bound)
+    stmt = stmt.order_by(*order).limit(limit + 1)
+    result = session.execute(stmt)
+    rows = list(result.scalars() if scalars else result)
+    next_cursor = encode_cursor(key(rows[limit - 1])) if len(rows) > limit else None
+    return rows[:limit], next_cursor

@@ -1,0 +1,99 @@
+"""Settings: environment variables into one typed object per service, checked at start.
+
+Example::
+
+    class IntakeSettings(ServiceSettings):
+        service_name: str = "intake"
+        port: int = 8001
+
+    settings = load_settings(IntakeSettings)   # exits with one clear line on a bad value
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def var_dir() -> Path:
+    """The folder for embedded defaults (SQLite files, keys, media, metrics, logs)."""
+    import os
+
+    path = Path(os.environ.get("SERVICE365_VAR_DIR", PROJECT_ROOT / "var"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads from its environment; services subclass it to add their own."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    service_name: str = "service"
+    app_env: Literal["development", "test", "production"] = "development"
+    port: int = Field(8000, ge=1, le=65535)
+    database_url: str | None = None
+    rabbitmq_url: str = "amqp://guest:guest@localhost:5672/%2F"
+    events_exchange: str = "service365.events"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    jwt_public_key_file: Path | None = None
+    jwt_issuer: str = "service365-intake"
+    jwt_audience: str = "service365"
+
+    relay_batch_size: int = Field(200, ge=1, le=5000)
+    relay_poll_seconds: float = Field(0.5, gt=0, le=60)
+    consumer_prefetch: int = Field(20, ge=1, le=1000)
+    consumer_max_attempts: int = Field(5, ge=1, le=50)
+    consumer_retry_delays_ms: list[int] = Field(default_factory=lambda: [1000, 5000, 30000, 120000])
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql", "sqlite")):
+            raise ValueError("must be a postgresql:// or sqlite:// URL")
+        if value and value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, or a SQLite file under var/ when DATABASE_URL is unset."""
+        return self.database_url or f"sqlite:///{var_dir() / (self.service_name + '.db')}"
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.jwt_public_key_file or var_dir() / "keys" / "jwt-public.pem"
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build the settings; on a bad value print one line naming the variable and exit(2)."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        print(f"配置错误 / invalid settings for {cls.__name__}: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,191 @@
+"""The part of every service's ``create_app`` that is the same: errors, logging, auth, metrics,
+health and readiness, OpenAPI and its docs page.
+
+Example::
+
+    def create_app(settings=None):
+        settings = settings or load_settings(IntakeSettings)
+        db = Database(settings.sqlalchemy_url, metadata=Base.metadata, producer="intake")
+        app, api = create_service_app(settings, db, title="Service365 intake")
+        api.register_blueprint(blp)
+        return app
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import pika
+from flask import Flask, Response, g, jsonify, request
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+import shared.i18n  # noqa: F401 - Chinese validation messages
+from shared.auth import TokenVerifier, init_auth
+from shared.db import Database
+from shared.errors import http_error_response, register_error_handlers
+from shared.logging import configure_logging, correlation_id
+from shared.metrics import ScrapeTimeGauges, init_http_metrics, metrics_response
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-ID"
+
+
+class ServiceApi(Api):
+    """flask-smorest's Api, but its HTTP errors use our JSON error body."""
+
+    def handle_http_exception(self, error: HTTPException):  # type: ignore[override]
+        return http_error_response(error)
+
+
+class BrokerProbe:
+    """Checks that RabbitMQ answers, remembering the answer for a few seconds."""
+
+    def __init__(self, url: str, cache_seconds: float = 3.0) -> None:
+        self.url = url
+        self.cache_seconds = cache_seconds
+        self._checked_at = 0.0
+        self._error: str | None = None
+
+    def check(self) -> str | None:
+        now = time.monotonic()
+        if now - self._checked_at < self.cache_seconds:
+            return self._error
+        params = pika.URLParameters(self.url)
+        params.socket_timeout = 2
+        params.connection_attempts = 1
+        params.blocked_connection_timeout = 2
+        try:
+            pika.BlockingConnection(params).close()
+            self._error = None
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with the reason
+            self._error = f"broker: {type(exc).__name__}"
+        self._checked_at = now
+        return self._error
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    db: Database,
+    *,
+    title: str,
+    scrape_gauges: list[tuple[str, str, Any]] | None = None,
+) -> tuple[Flask, Api]:
+    """A Flask app with everything every Service365 web process has."""
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    app = Flask(settings.service_name)
+    app.config.update(
+        JSON_AS_ASCII=False,
+        API_TITLE=title,
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
+        API_SPEC_OPTIONS={
+            "components": {
+                "securitySchemes": {
+                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                }
+            }
+        },
+    )
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions["settings"] = settings
+    app.extensions["db"] = db
+    api = ServiceApi(app)
+    register_error_handlers(app)
+
+    @app.before_request
+    def _correlate() -> None:
+        incoming = request.headers.get(CORRELATION_HEADER, "")
+        try:
+            value = str(uuid.UUID(incoming))
+        except ValueError:
+            value = str(uuid.uuid4())
+        g.correlation_token = correlation_id.set(value)
+
+    @app.after_request
+    def _echo_correlation(response: Response) -> Response:
+        value = correlation_id.get()
+        if value:
+            response.headers[CORRELATION_HEADER] = value
+        return response
+
+    @app.teardown_request
+    def _forget_correlation(_exc: BaseException | None) -> None:
+        token = g.pop("correlation_token", None)
+        if token is not None:
+            correlation_id.reset(token)
+
+    init_http_metrics(app, settings.service_name)
+    if settings.public_key_path.exists():
+        init_auth(
+            app,
+            TokenVerifier(
+                settings.public_key_path.read_bytes(),
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+            ),
+        )
+    else:
+        raise SystemExit(
+            f"找不到令牌公钥 / JWT public key not found at {settings.public_key_path}: "
+            "set JWT_PUBLIC_KEY_FILE or run `make keys`"
+        )
+
+    broker = BrokerProbe(settings.rabbitmq_url)
+    app.extensions["broker_probe"] = broker
+    gauges = ScrapeTimeGauges(
+        [("outbox_pending", "Outbox rows not yet confirmed by the broker", _outbox_pending(db))]
+        + list(scrape_gauges or []),
+        settings.service_name,
+    )
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok", "service": settings.service_name})
+
+    @app.get("/readyz")
+    def readyz():
+        problems = []
+        try:
+            db.ping()
+        except Exception as exc:  # noqa: BLE001 - the reason is the answer
+            problems.append(f"database: {type(exc).__name__}")
+        broker_problem = broker.check()
+        if broker_problem:
+            problems.append(broker_problem)
+        if problems:
+            body = {"status": "unavailable", "service": settings.service_name, "problems": problems}
+            return jsonify(body), 503
+        return jsonify({"status": "ready", "service": settings.service_name})
+
+    @app.get("/metrics")
+    def metrics():
+        return metrics_response(gauges)
+
+    return app, api
+
+
+def _outbox_pending(db: Database):
+    import sqlalchemy as sa
+
+    def read() -> float | None:
+        table = db.metadata.tables.get("outbox")
+        if table is None:
+            return None
+        with db.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(table).where(table.c.sent_at.is_(None))
+            ).scalar_one()
+
+    return read
