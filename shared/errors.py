@@ -150,7 +150,7 @@ def _limiter_retry_after() -> int:
             limit.limit, *limit.key
         )[0]
         return max(1, int(reset_at - time.time()))
-    except Exception:  # noqa: BLE001 - a best-effort header must not turn a 429 into a 500
+    except Exception:
         log.warning("could not compute Retry-After", exc_info=True)
         return 60
 

@@ -98,7 +98,7 @@ class ScrapeTimeGauges:
         for name, doc, read in self.gauges:
             try:
                 value = read()
-            except Exception:  # noqa: BLE001 - a scrape must not fail because one source is down
+            except Exception:
                 value = None
             if value is None:
                 continue

@@ -36,7 +36,9 @@ def upgrade(service: str, url: str, revision: str = "head") -> None:
 
 
 def autogenerate(service: str, url: str, message: str, rev_id: str | None = None) -> None:
-    command.revision(alembic_config(service, url), message=message, autogenerate=True, rev_id=rev_id)
+    command.revision(
+        alembic_config(service, url), message=message, autogenerate=True, rev_id=rev_id
+    )
 
 
 def run_env(metadata: sa.MetaData) -> None:

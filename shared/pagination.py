@@ -79,7 +79,9 @@ def keyset_page(
         if len(values) != len(columns):
             raise BadRequest("分页参数 cursor 无效。", code="invalid_cursor")
         row_key = sa.tuple_(*columns)
-        bound = sa.tuple_(*[sa.literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)])
+        bound = sa.tuple_(
+            *[sa.literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)]
+        )
         stmt = stmt.where(row_key < bound if descending else row_key > bound)
     stmt = stmt.order_by(*order).limit(limit + 1)
     result = session.execute(stmt)

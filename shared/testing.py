@@ -7,16 +7,19 @@ and every broker test gets its own vhost, so tests never see each other's rows o
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
@@ -62,11 +65,12 @@ class PostgresServer:
         auth = self.user + (f":{quote(self.password)}" if self.password else "")
         return f"postgresql+psycopg://{auth}@{self.host}:{self.port}/{database}"
 
-    def create_database(self, prefix: str) -> str:
+    def create_database(self, prefix: str, template: str | None = None) -> str:
         name = f"t_{prefix}_{uuid.uuid4().hex[:10]}"
+        clause = f' TEMPLATE "{template}"' if template else ""
         engine = sa.create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
         engine.dispose()
         self.created.append(name)
         return self.url(name)
@@ -118,8 +122,12 @@ def postgres_server() -> Iterator[PostgresServer]:
     host = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
     port = int(os.environ.get("TEST_POSTGRES_PORT", "5432"))
     if _answers(host, port):
-        server = PostgresServer(host, port, os.environ.get("TEST_POSTGRES_USER", "postgres"),
-                                os.environ.get("TEST_POSTGRES_PASSWORD", ""))
+        server = PostgresServer(
+            host,
+            port,
+            os.environ.get("TEST_POSTGRES_USER", "postgres"),
+            os.environ.get("TEST_POSTGRES_PASSWORD", ""),
+        )
         yield server
         server.drop_all()
         return
@@ -162,7 +170,10 @@ def rabbit_server() -> Iterator[RabbitServer]:
                 raise RuntimeError(f"rabbitmqctl {args} failed: {output!r}")
 
         yield RabbitServer(
-            rabbit.get_container_host_ip(), int(rabbit.get_exposed_port(5672)), "guest", "guest",
+            rabbit.get_container_host_ip(),
+            int(rabbit.get_exposed_port(5672)),
+            "guest",
+            "guest",
             ctl,
         )
 
@@ -173,14 +184,145 @@ def amqp_url(rabbit_server: RabbitServer) -> str:
     return rabbit_server.create_vhost()
 
 
+@pytest.fixture(scope="session")
+def session_amqp_url(rabbit_server: RabbitServer) -> str:
+    """One vhost for the whole run: for apps that need a broker URL but publish nothing."""
+    return rabbit_server.create_vhost("session")
+
+
+@pytest.fixture(scope="session")
+def _migrated_templates(postgres_server: PostgresServer) -> dict[str, str]:
+    return {}
+
+
 @pytest.fixture
-def fresh_database(postgres_server: PostgresServer) -> Callable[[str], str]:
-    """``fresh_database("intake")``: a new PostgreSQL database migrated to the service's head."""
+def fresh_database(
+    postgres_server: PostgresServer, _migrated_templates: dict[str, str]
+) -> Callable[[str], str]:
+    """``fresh_database("intake")``: a new PostgreSQL database at the service's Alembic head.
+
+    The migrations run once per service and run into a template database; each test then gets
+    a copy (``CREATE DATABASE ... TEMPLATE``), which is much faster than migrating every time.
+    """
     from shared.migrations import upgrade
 
     def make(service: str) -> str:
-        url = postgres_server.create_database(service)
-        upgrade(service, url)
-        return url
+        template = _migrated_templates.get(service)
+        if template is None:
+            url = postgres_server.create_database(f"{service}_template")
+            upgrade(service, url)
+            template = url.rsplit("/", 1)[1]
+            _migrated_templates[service] = template
+        return postgres_server.create_database(service, template=template)
 
     return make
+
+
+class TcpProxy:
+    """A real TCP forwarder between a client and a server that a test stops and starts.
+
+    Why: to show that the relay and the consumer survive the broker going away, without stopping
+    the shared RabbitMQ that other tests use. ``stop()`` refuses new connections and cuts the
+    open ones (both ends see the connection drop); ``start()`` listens again on the same port.
+
+    Example::
+
+        with TcpProxy("127.0.0.1", 5672) as proxy:
+            relay = OutboxRelay(db, proxy.rewrite(amqp_url), ...)
+            proxy.stop()     # broker "down"
+            proxy.start()    # broker "back"
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._running = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def rewrite(self, url: str) -> str:
+        """The same URL pointing at the proxy's port on 127.0.0.1."""
+        parts = urlsplit(url)
+        auth = parts.netloc.rpartition("@")[0]
+        netloc = f"{auth}@127.0.0.1:{self.port}" if auth else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.05)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._running.set()
+        self._spawn(self._accept_loop, listener)
+        return self
+
+    def stop(self) -> None:
+        self._running.clear()
+        with self._lock:
+            sockets = list(self._sockets)
+            self._sockets.clear()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while self._running.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+            self._spawn(self._pipe, client, upstream)
+
+    def _pipe(self, client: socket.socket, upstream: socket.socket) -> None:
+        peers = {client: upstream, upstream: client}
+        for sock in peers:
+            sock.settimeout(10)
+        try:
+            while self._running.is_set():
+                readable, _, _ = select.select(list(peers), [], [], 0.05)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+        except (OSError, ValueError):  # ValueError: stop() closed the socket under select()
+            return
+        finally:
+            for sock in peers:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+                with self._lock:
+                    self._sockets.discard(sock)

@@ -63,7 +63,7 @@ class BrokerProbe:
         try:
             pika.BlockingConnection(params).close()
             self._error = None
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with the reason
+        except Exception as exc:
             self._error = f"broker: {type(exc).__name__}"
         self._checked_at = now
         return self._error
@@ -145,8 +145,10 @@ def create_service_app(
     broker = BrokerProbe(settings.rabbitmq_url)
     app.extensions["broker_probe"] = broker
     gauges = ScrapeTimeGauges(
-        [("outbox_pending", "Outbox rows not yet confirmed by the broker", _outbox_pending(db))]
-        + list(scrape_gauges or []),
+        [
+            ("outbox_pending", "Outbox rows not yet confirmed by the broker", _outbox_pending(db)),
+            *list(scrape_gauges or []),
+        ],
         settings.service_name,
     )
 
@@ -159,7 +161,7 @@ def create_service_app(
         problems = []
         try:
             db.ping()
-        except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        except Exception as exc:
             problems.append(f"database: {type(exc).__name__}")
         broker_problem = broker.check()
         if broker_problem:

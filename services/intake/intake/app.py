@@ -42,7 +42,11 @@ def create_app(settings: IntakeSettings | None = None) -> Flask:
     from intake import api as reports_api
     from intake import auth_api, open311
     from intake.limits import init_limiter
+    from intake.media import storage_from_settings
 
+    app.extensions["media_storage"] = storage_from_settings(settings)
+    # Let a 10 MB photo through with its multipart framing; larger bodies get a JSON 413.
+    app.config["MAX_CONTENT_LENGTH"] = settings.media_max_bytes + 256 * 1024
     init_limiter(app, settings)
     api.register_blueprint(reports_api.blp)
     api.register_blueprint(auth_api.blp)

@@ -101,6 +101,7 @@ class Issue(Base):
     reject_reason: Mapped[str | None] = mapped_column(sa.Text)
     rating: Mapped[str | None] = mapped_column(sa.String(24))
     closed_at: Mapped[datetime | None]
+    state_changed_at: Mapped[datetime | None]
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

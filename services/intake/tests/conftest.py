@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from intake.app import create_app, make_database
+from intake.app import create_app
 from intake.models import User, Village
 from intake.settings import IntakeSettings
 from shared.auth import TokenIssuer, ensure_keypair
@@ -26,12 +26,13 @@ def jwt_keys(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def settings(fresh_database, amqp_url, jwt_keys, tmp_path) -> IntakeSettings:
+def settings(fresh_database, session_amqp_url, jwt_keys, tmp_path) -> IntakeSettings:
+    """Intake's web app only writes outbox rows, so one vhost serves all these tests."""
     private, public = jwt_keys
     return IntakeSettings(
         app_env="test",
         database_url=fresh_database("intake"),
-        rabbitmq_url=amqp_url,
+        rabbitmq_url=session_amqp_url,
         jwt_private_key_file=private,
         jwt_public_key_file=public,
         wechat_mode="dev",
@@ -44,7 +45,8 @@ def settings(fresh_database, amqp_url, jwt_keys, tmp_path) -> IntakeSettings:
 def app(settings):
     app = create_app(settings)
     app.config["TESTING"] = True
-    return app
+    yield app
+    app.extensions["db"].dispose()
 
 
 @pytest.fixture
@@ -85,15 +87,16 @@ def make_user(db, app) -> Callable[..., tuple[User, dict[str, str]]]:
     return make
 
 
-def outbox_rows(db, event_type: str | None = None) -> list[dict]:
-    table = db.metadata.tables["outbox"]
-    stmt = sa.select(table).order_by(table.c.created_at)
-    if event_type:
-        stmt = stmt.where(table.c.event_type == event_type)
-    with db.engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(stmt)]
-
-
 @pytest.fixture
-def make_db():
-    return make_database
+def outbox_rows(db) -> Callable[..., list[dict]]:
+    """``outbox_rows("issue.reported")``: the outbox rows written so far, oldest first."""
+
+    def read(event_type: str | None = None) -> list[dict]:
+        table = db.metadata.tables["outbox"]
+        stmt = sa.select(table).order_by(table.c.created_at)
+        if event_type:
+            stmt = stmt.where(table.c.event_type == event_type)
+        with db.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    return read

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Before `make run` / `make up`: keys, migrations and (outside production) the demo township.
+# Wipes nothing: databases under var/ are kept; only metric files of dead processes are removed
+# (by each process at start).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+mkdir -p var/run var/log
+.venv/bin/python -m shared.cli keys
+for svc in ${SERVICES:?set SERVICES, e.g. SERVICES=intake}; do
+  echo "== $svc: migrate"
+  scripts/service "$svc" migrate
+  if [[ "${APP_ENV:-development}" != "production" ]] \
+      && scripts/service "$svc" --help 2>/dev/null | grep -qw "seed-demo"; then
+    echo "== $svc: seed-demo"
+    scripts/service "$svc" seed-demo
+  fi
+done

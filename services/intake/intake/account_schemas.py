@@ -1,0 +1,102 @@
+"""What the login and account routes accept and answer (never a password hash or session key)."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+
+from shared.auth import ROLES
+
+USERNAME = validate.Regexp(
+    r"^[A-Za-z0-9_.-]{3,64}$", error="用户名应为 3 到 64 位字母、数字、下划线、点或连字符。"
+)
+PHONE = validate.Regexp(r"^[0-9+\- ]{5,20}$", error="请输入有效的电话号码。")
+PASSWORD = validate.Length(min=8, max=256, error="密码长度应在 8 到 256 个字符之间。")
+ROLE = validate.OneOf(ROLES, error="角色应为以下之一：{choices}。")
+
+
+class WeChatLoginSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    code = fields.String(required=True, validate=validate.Length(min=1, max=128))
+
+
+class PasswordLoginSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(
+        required=True, load_only=True, validate=validate.Length(min=1, max=256)
+    )
+
+
+class AccountSchema(Schema):
+    """An account as staff and the account owner see it."""
+
+    id = fields.UUID(dump_only=True)
+    username = fields.String(allow_none=True)
+    name = fields.String()
+    phone = fields.String(allow_none=True)
+    roles = fields.List(fields.String())
+    village_id = fields.UUID(allow_none=True)
+    active = fields.Boolean()
+    has_password = fields.Method("_has_password", dump_only=True)
+    locked_until = fields.AwareDateTime(allow_none=True, dump_only=True)
+    created_at = fields.AwareDateTime(dump_only=True)
+    updated_at = fields.AwareDateTime(dump_only=True)
+
+    def _has_password(self, user) -> bool:
+        return bool(user.password_hash)
+
+
+class SignedInSchema(Schema):
+    access_token = fields.String()
+    token_type = fields.String()
+    expires_in = fields.Integer()
+    user = fields.Nested(AccountSchema)
+
+
+class AccountCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    username = fields.String(required=True, validate=USERNAME)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    phone = fields.String(load_default=None, allow_none=True, validate=PHONE)
+    roles = fields.List(
+        fields.String(validate=ROLE), required=True, validate=validate.Length(min=1, max=8)
+    )
+    village_id = fields.UUID(load_default=None, allow_none=True)
+    password = fields.String(load_default=None, allow_none=True, load_only=True, validate=PASSWORD)
+    active = fields.Boolean(load_default=True)
+
+
+class AccountChangeSchema(Schema):
+    """Only the fields given are changed; ``village_id: null`` clears the village."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(validate=validate.Length(min=1, max=64))
+    phone = fields.String(allow_none=True, validate=PHONE)
+    roles = fields.List(fields.String(validate=ROLE), validate=validate.Length(min=1, max=8))
+    village_id = fields.UUID(allow_none=True)
+    active = fields.Boolean()
+    password = fields.String(load_only=True, validate=PASSWORD)
+
+
+class AccountQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    role = fields.String(validate=ROLE)
+    village_id = fields.UUID()
+    q = fields.String(validate=validate.Length(max=64))
+    cursor = fields.String(validate=validate.Length(max=512))
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class AccountPageSchema(Schema):
+    items = fields.List(fields.Nested(AccountSchema))
+    next_cursor = fields.String(allow_none=True)

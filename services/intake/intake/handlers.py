@@ -1,0 +1,247 @@
+"""What intake consumes: dispatch's life-cycle events keep the residents' view of their reports.
+
+One ``handle_<event>`` per event type and the one table ``SUBSCRIPTIONS`` that the worker binds.
+Events may arrive out of order after retries: the state follows the newest event only
+(``Issue.state_changed_at``), while every step still lands in the timeline.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from marshmallow import EXCLUDE, Schema, fields
+from sqlalchemy.orm import Session
+
+from intake.domain import LEVELS, RATINGS
+from intake.models import Issue, IssueStep, Media, User, Village
+from shared.clock import local_text
+from shared.events import Envelope
+
+REOPEN_REASONS = {
+    "unsatisfied": "群众不满意，重新办理",
+    "callback_failed": "回访未通过，重新办理",
+    "admin": "管理员决定重新办理",
+}
+
+
+class _Tolerant(Schema):
+    """Read only the fields we use; ignore the rest (tolerant reader)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    issue_id = fields.UUID(required=True)
+
+
+class AssignedData(_Tolerant):
+    assignee_id = fields.UUID(required=True)
+    due_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
+class EscalatedData(_Tolerant):
+    to_level = fields.String(required=True)
+    reason = fields.String(load_default=None, allow_none=True)
+    handler_id = fields.UUID(load_default=None, allow_none=True)
+    county_department = fields.String(load_default=None, allow_none=True)
+
+
+class OverdueData(_Tolerant):
+    due_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
+class ResolvedData(_Tolerant):
+    resolved_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    note = fields.String(load_default=None, allow_none=True)
+    photo_ids = fields.List(fields.UUID(), load_default=list)
+
+
+class ReopenedData(_Tolerant):
+    reason = fields.String(load_default="admin")
+    assignee_id = fields.UUID(load_default=None, allow_none=True)
+    due_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
+class ClosedData(_Tolerant):
+    rating = fields.String(load_default=None, allow_none=True)
+    closed_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
+class RejectedData(_Tolerant):
+    reason = fields.String(load_default=None, allow_none=True)
+
+
+class VillageData(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    village_id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    area_leader_id = fields.UUID(load_default=None, allow_none=True)
+
+
+def _issue(session: Session, issue_id: uuid.UUID) -> Issue:
+    issue = session.scalar(sa.select(Issue).where(Issue.id == issue_id).with_for_update())
+    if issue is None:
+        raise LookupError(f"issue {issue_id} is not known to intake")
+    return issue
+
+
+def _staff_name(session: Session, user_id: uuid.UUID | None) -> str | None:
+    if user_id is None:
+        return None
+    return session.scalar(sa.select(User.name).where(User.id == user_id))
+
+
+def _step(
+    session: Session,
+    issue: Issue,
+    event: Envelope,
+    title: str,
+    note: str | None = None,
+    actor: str | None = None,
+) -> bool:
+    """Add the timeline step; return True when this event is the newest for the state."""
+    session.add(
+        IssueStep(
+            issue_id=issue.id,
+            event_id=event.id,
+            kind=event.type,
+            title=title,
+            note=note,
+            actor_name=actor,
+            occurred_at=event.occurred_at,
+        )
+    )
+    newest = issue.state_changed_at is None or event.occurred_at >= issue.state_changed_at
+    if newest:
+        issue.state_changed_at = event.occurred_at
+    return newest
+
+
+def handle_issue_assigned(session: Session, event: Envelope) -> None:
+    data = AssignedData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    name = _staff_name(session, data["assignee_id"])
+    title = f"已交办给网格员{name or ''}"
+    note = f"限 {local_text(data['due_at'])} 前办结" if data["due_at"] else None
+    if _step(session, issue, event, title, note, actor=name):
+        issue.status = "assigned"
+        issue.assignee_id = data["assignee_id"]
+        issue.assignee_name = name
+        issue.due_at = data["due_at"]
+
+
+def handle_issue_started(session: Session, event: Envelope) -> None:
+    data = _Tolerant().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    if _step(session, issue, event, "网格员已开始办理", actor=issue.assignee_name):
+        issue.status = "in_progress"
+
+
+def handle_issue_escalated(session: Session, event: Envelope) -> None:
+    data = EscalatedData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    level = data["to_level"]
+    title = f"已转交{LEVELS.get(level, level)}协调办理"
+    if data.get("county_department"):
+        title += f"（{data['county_department']}）"
+    handler = _staff_name(session, data.get("handler_id"))
+    if _step(session, issue, event, title, data.get("reason"), actor=handler):
+        issue.level = level
+        if handler:
+            issue.assignee_name = handler
+
+
+def handle_issue_overdue(session: Session, event: Envelope) -> None:
+    data = OverdueData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    # Overdue changes no state: it is a step the resident sees (督办), nothing more.
+    session.add(
+        IssueStep(
+            issue_id=issue.id,
+            event_id=event.id,
+            kind=event.type,
+            title="办理超时，已督办",
+            note=f"原定 {local_text(data['due_at'])} 前办结" if data["due_at"] else None,
+            occurred_at=event.occurred_at,
+        )
+    )
+
+
+def handle_issue_resolved(session: Session, event: Envelope) -> None:
+    data = ResolvedData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    photo_ids = [str(p) for p in data["photo_ids"]]
+    issue.resolution_count += 1  # a new resolution may be rated, whatever the order
+    if _step(session, issue, event, "已办结", data.get("note"), actor=issue.assignee_name):
+        issue.status = "resolved"
+        issue.resolution_note = data.get("note")
+        issue.resolution_photo_ids = photo_ids
+        issue.resolved_at = data.get("resolved_at") or event.occurred_at
+        issue.rating = None
+    if data["photo_ids"]:
+        # Result photos were uploaded by the worker; let the reporter see them.
+        session.execute(
+            sa.update(Media)
+            .where(Media.id.in_(data["photo_ids"]), Media.issue_id.is_(None))
+            .values(issue_id=issue.id)
+        )
+
+
+def handle_issue_reopened(session: Session, event: Envelope) -> None:
+    data = ReopenedData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    title = REOPEN_REASONS.get(data["reason"], "重新办理")
+    if _step(session, issue, event, title):
+        issue.status = "reopened"
+        if data.get("assignee_id"):
+            issue.assignee_id = data["assignee_id"]
+            issue.assignee_name = _staff_name(session, data["assignee_id"]) or issue.assignee_name
+        if data.get("due_at"):
+            issue.due_at = data["due_at"]
+
+
+def handle_issue_closed(session: Session, event: Envelope) -> None:
+    data = ClosedData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    rating = data.get("rating")
+    note = f"群众评价：{RATINGS[rating]}" if rating in RATINGS else None
+    if _step(session, issue, event, "事项已关闭", note):
+        issue.status = "closed"
+        issue.closed_at = data.get("closed_at") or event.occurred_at
+        if rating:
+            issue.rating = rating
+
+
+def handle_issue_rejected(session: Session, event: Envelope) -> None:
+    data = RejectedData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    if _step(session, issue, event, "不予受理", data.get("reason")):
+        issue.status = "rejected"
+        issue.reject_reason = data.get("reason")
+
+
+def handle_village_upserted(session: Session, event: Envelope) -> None:
+    data = VillageData().load(event.data)
+    village = session.get(Village, data["village_id"])
+    if village is None:
+        session.add(
+            Village(id=data["village_id"], name=data["name"], area_leader_id=data["area_leader_id"])
+        )
+    else:
+        village.name = data["name"]
+        village.area_leader_id = data["area_leader_id"]
+
+
+SUBSCRIPTIONS = {
+    "issue.assigned": handle_issue_assigned,
+    "issue.started": handle_issue_started,
+    "issue.escalated": handle_issue_escalated,
+    "issue.overdue": handle_issue_overdue,
+    "issue.resolved": handle_issue_resolved,
+    "issue.reopened": handle_issue_reopened,
+    "issue.closed": handle_issue_closed,
+    "issue.rejected": handle_issue_rejected,
+    "village.upserted": handle_village_upserted,
+}

@@ -1,0 +1,397 @@
+"""Consumer loop: each event applied once, acked late, retried with growing delay, never dropped.
+
+Topology a service gets from ``declare()`` (all durable; names from DESIGN.md):
+
+* the topic exchange (``service365.events``), routing key = event type;
+* ``<service>.events``: a quorum queue bound with each event type of the subscription table;
+* ``<service>.events.retry.<n>`` (n = 1..len(retry_delays_ms)): queues with a message TTL of
+  the n-th delay whose expired messages dead-letter back into ``<service>.events`` through the
+  default exchange. The n-th failure of an event goes to retry queue n (the last one for later
+  failures), so the delay grows;
+* ``<service>.events.dlq``: where events land that do not parse or that failed ``max_attempts``
+  times, with the reason in headers (``x-service365-reason``, ``x-service365-error``).
+
+Per message: parse the envelope (unparseable → DLQ); unknown type → ack as ``ignored``; otherwise
+one transaction inserts ``(event_id, handler)`` into ``processed_events`` and runs the handler, so
+a redelivered event is a ``duplicate`` that changes nothing. The message is acked only after that
+commit, and a failure is republished (publisher-confirmed) to a retry queue or the DLQ before the
+original is acked. Each outcome is counted in ``events_consumed_total{service,type,outcome}``.
+
+Example::
+
+    def handle_issue_reported(session: Session, event: Envelope) -> None:
+        session.add(Ticket(issue_id=event.data["issue_id"]))
+
+    consumer = Consumer(db, settings.rabbitmq_url, settings.events_exchange, service="dispatch",
+                        subscriptions={"issue.reported": handle_issue_reported})
+    consumer.run_forever(stop_event)   # blocks; reconnects with backoff; returns when stop is set
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pika
+import pika.exceptions
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.db import Database, utcnow
+from shared.events import Envelope, InvalidEnvelope, parse_envelope
+from shared.logging import correlation_id
+from shared.metrics import DLQ_MESSAGES, EVENTS_CONSUMED
+from shared.relay import EXCHANGE_TYPE, OutageLog, amqp_parameters, describe_broker
+
+log = logging.getLogger("shared.consumer")
+
+Handler = Callable[[Session, Envelope], None]
+
+ATTEMPTS_HEADER = "x-service365-attempts"
+REASON_HEADER = "x-service365-reason"
+ERROR_HEADER = "x-service365-error"
+ROUTING_KEY_HEADER = "x-service365-routing-key"
+# Headers the broker owns; copying them into a republished message would only confuse it.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+
+PROCESSED, DUPLICATE, RETRIED, DEAD_LETTERED, INVALID, IGNORED = (
+    "processed",
+    "duplicate",
+    "retried",
+    "dead_lettered",
+    "invalid",
+    "ignored",
+)
+
+
+def queue_names(service: str, retry_levels: int) -> dict[str, Any]:
+    """The queue names of a service: ``main``, ``retry`` (list, first delay first) and ``dlq``."""
+    main = f"{service}.events"
+    return {
+        "main": main,
+        "retry": [f"{main}.retry.{n}" for n in range(1, retry_levels + 1)],
+        "dlq": f"{main}.dlq",
+    }
+
+
+def handler_name(event_type: str, handler: Handler) -> str:
+    """The name recorded in ``processed_events``: the function's name, stable across deploys."""
+    return (getattr(handler, "__name__", None) or f"handle_{event_type}")[:120]
+
+
+class Consumer:
+    """Consumes a service's queue on one connection in the calling thread; see the module doc."""
+
+    def __init__(
+        self,
+        db: Database,
+        amqp_url: str,
+        exchange: str,
+        *,
+        service: str,
+        subscriptions: Mapping[str, Handler],
+        prefetch: int = 20,
+        max_attempts: int = 5,
+        retry_delays_ms: Sequence[int] = (1000, 5000, 30000, 120000),
+        dlq_refresh_seconds: float = 15.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        if not retry_delays_ms:
+            raise ValueError("retry_delays_ms needs at least one delay")
+        if db.metadata.tables.get("processed_events") is None:
+            raise ValueError("the database's metadata has no processed_events table")
+        self.db = db
+        self.amqp_url = amqp_url
+        self.exchange = exchange
+        self.service = service
+        self.subscriptions = dict(subscriptions)
+        self.prefetch = prefetch
+        self.max_attempts = max_attempts
+        self.retry_delays_ms = list(retry_delays_ms)
+        self.dlq_refresh_seconds = dlq_refresh_seconds
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        names = queue_names(service, len(self.retry_delays_ms))
+        self.queue: str = names["main"]
+        self.retry_queues: list[str] = names["retry"]
+        self.dlq: str = names["dlq"]
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._publish_channel: Any = None
+        self._dlq_checked_at = 0.0
+
+    # -- topology ------------------------------------------------------------------------
+
+    def declare(self) -> None:
+        """Create the exchange, queues and bindings on their own short-lived connection."""
+        connection = pika.BlockingConnection(
+            amqp_parameters(self.amqp_url, f"{self.service}-declare")
+        )
+        try:
+            self._declare(connection.channel())
+        finally:
+            connection.close()
+
+    def _declare(self, channel: Any) -> None:
+        channel.exchange_declare(self.exchange, exchange_type=EXCHANGE_TYPE, durable=True)
+        channel.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
+        for event_type in self.subscriptions:
+            channel.queue_bind(self.queue, self.exchange, routing_key=event_type)
+        for name, delay in zip(self.retry_queues, self.retry_delays_ms, strict=True):
+            channel.queue_declare(
+                name,
+                durable=True,
+                arguments={
+                    "x-message-ttl": int(delay),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.queue,
+                },
+            )
+        channel.queue_declare(self.dlq, durable=True)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run_forever(
+        self, stop: threading.Event, on_connected: Callable[[], None] | None = None
+    ) -> None:
+        """Consume until ``stop`` is set; reconnect with growing backoff when the broker goes.
+
+        ``on_connected`` runs after each (re)connection, once the queues exist and are bound.
+        """
+        outage = OutageLog(
+            log,
+            f"{self.service} consumer: broker {describe_broker(self.amqp_url)}",
+            initial=self.backoff_initial,
+            maximum=self.backoff_max,
+        )
+        trouble = OutageLog(
+            log, f"{self.service} consumer", initial=self.backoff_initial, maximum=self.backoff_max
+        )
+        connected_at = time.monotonic()
+        while not stop.is_set():
+            try:
+                connected_at = time.monotonic()
+                self._connect()
+                outage.recovered()
+                if on_connected is not None:
+                    on_connected()
+                while not stop.is_set():
+                    assert self._connection is not None
+                    self._connection.process_data_events(time_limit=0.2)
+                    if time.monotonic() - self._dlq_checked_at >= self.dlq_refresh_seconds:
+                        self.refresh_dlq_gauge()
+            except pika.exceptions.AMQPError as exc:
+                self._close()
+                stop.wait(outage.failed(exc))
+            except Exception as exc:  # a bug must not end the consumer for good; unacked
+                # messages go back to the queue when the connection closes
+                if time.monotonic() - connected_at > self.backoff_max:
+                    trouble.recovered()  # a rare error after a long healthy run: log it again
+                if not trouble.is_down:
+                    log.exception("%s consumer: unexpected error; reconnecting", self.service)
+                self._close()
+                stop.wait(trouble.failed(exc))
+            finally:
+                self._close()
+
+    def refresh_dlq_gauge(self) -> int:
+        """Read the DLQ depth (passive declare) into the ``dlq_messages`` gauge and return it."""
+        frame = self._channel.queue_declare(self.dlq, passive=True)
+        depth = int(frame.method.message_count)
+        DLQ_MESSAGES.labels(self.service).set(depth)
+        self._dlq_checked_at = time.monotonic()
+        return depth
+
+    def _connect(self) -> None:
+        self._connection = pika.BlockingConnection(
+            amqp_parameters(self.amqp_url, f"{self.service}-consumer")
+        )
+        self._channel = self._connection.channel()
+        self._declare(self._channel)
+        # Retries and dead letters go out on a channel of their own, in confirm mode, so that
+        # the original is acked only once its copy is safe.
+        self._publish_channel = self._connection.channel()
+        self._publish_channel.confirm_delivery()
+        self._channel.basic_qos(prefetch_count=self.prefetch)
+        self._channel.basic_consume(self.queue, on_message_callback=self._on_message)
+        self.refresh_dlq_gauge()
+        log.info(
+            "%s consumer: consuming %s from exchange %s into queue %s",
+            self.service,
+            ", ".join(sorted(self.subscriptions)) or "nothing",
+            self.exchange,
+            self.queue,
+        )
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        self._channel = self._publish_channel = None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError as exc:
+                log.debug("closing the consumer's connection: %s", exc)
+
+    # -- one message ---------------------------------------------------------------------
+
+    def _on_message(
+        self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes
+    ) -> None:
+        event_type, outcome = self.handle(channel, method, properties, body)
+        EVENTS_CONSUMED.labels(self.service, event_type, outcome).inc()
+
+    def handle(
+        self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes
+    ) -> tuple[str, str]:
+        """Apply one delivery and ack it (or route it on); return ``(event type, outcome)``."""
+        try:
+            envelope = parse_envelope(body)
+        except InvalidEnvelope as exc:
+            log.warning(
+                "%s consumer: unparseable message %s sent to %s: %s",
+                self.service,
+                properties.message_id,
+                self.dlq,
+                exc,
+            )
+            self._republish(self.dlq, body, properties, method, reason="invalid", error=str(exc))
+            channel.basic_ack(method.delivery_tag)
+            return "unknown", INVALID
+        handler = self.subscriptions.get(envelope.type)
+        if handler is None:
+            channel.basic_ack(method.delivery_tag)
+            return envelope.type, IGNORED
+        token = correlation_id.set(envelope.correlation_id)
+        try:
+            try:
+                outcome = self._apply(envelope, handler)
+            except Exception as exc:  # the handler's failure goes to retry or DLQ, never lost
+                outcome = self._fail(envelope, exc, channel, method, properties, body)
+            channel.basic_ack(method.delivery_tag)
+            return envelope.type, outcome
+        finally:
+            correlation_id.reset(token)
+
+    def _apply(self, envelope: Envelope, handler: Handler) -> str:
+        with self.db.transaction() as session:
+            if not self._claim(session, envelope, handler_name(envelope.type, handler)):
+                return DUPLICATE
+            handler(session, envelope)
+        return PROCESSED
+
+    def _claim(self, session: Session, envelope: Envelope, name: str) -> bool:
+        """Record ``(event id, handler)``; False when it was already there (a redelivery)."""
+        table: sa.Table = session.info["processed_events"]
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        result = session.execute(
+            dialect.insert(table)
+            .values(
+                event_id=envelope.id,
+                handler=name,
+                event_type=envelope.type,
+                processed_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
+            .returning(table.c.event_id)  # rowcount is not reliable here (-1 under psycopg 3)
+        )
+        return result.first() is not None
+
+    def _fail(
+        self,
+        envelope: Envelope,
+        exc: Exception,
+        channel: Any,
+        method: Any,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> str:
+        attempts = _attempts(properties) + 1
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        if attempts >= self.max_attempts:
+            log.error(
+                "%s consumer: %s %s failed %d times, sent to %s",
+                self.service,
+                envelope.type,
+                envelope.id,
+                attempts,
+                self.dlq,
+                exc_info=exc,
+            )
+            self._republish(
+                self.dlq,
+                body,
+                properties,
+                method,
+                reason="max_attempts",
+                error=error,
+                attempts=attempts,
+            )
+            return DEAD_LETTERED
+        level = min(attempts, len(self.retry_queues))
+        log.warning(
+            "%s consumer: %s %s failed (attempt %d of %d), retrying in %d ms",
+            self.service,
+            envelope.type,
+            envelope.id,
+            attempts,
+            self.max_attempts,
+            self.retry_delays_ms[level - 1],
+            exc_info=exc,
+        )
+        self._republish(
+            self.retry_queues[level - 1], body, properties, method, error=error, attempts=attempts
+        )
+        return RETRIED
+
+    def _republish(
+        self,
+        queue: str,
+        body: bytes,
+        properties: pika.BasicProperties,
+        method: Any,
+        *,
+        error: str,
+        reason: str | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        """Copy a message to a queue of ours and wait for the broker's confirm (raises if not)."""
+        headers = {
+            key: value
+            for key, value in (properties.headers or {}).items()
+            if not key.startswith(_BROKER_HEADERS)
+        }
+        headers.setdefault(ROUTING_KEY_HEADER, method.routing_key)
+        headers[ERROR_HEADER] = error
+        if reason is not None:
+            headers[REASON_HEADER] = reason
+        if attempts is not None:
+            headers[ATTEMPTS_HEADER] = attempts
+        self._publish_channel.basic_publish(
+            exchange="",
+            routing_key=queue,
+            body=body,
+            properties=pika.BasicProperties(
+                content_type=properties.content_type or "application/json",
+                content_encoding=properties.content_encoding,
+                delivery_mode=pika.DeliveryMode.Persistent,
+                message_id=properties.message_id,
+                correlation_id=properties.correlation_id,
+                type=properties.type,
+                app_id=properties.app_id,
+                headers=headers,
+            ),
+            mandatory=True,
+        )
+
+
+def _attempts(properties: pika.BasicProperties) -> int:
+    value = (properties.headers or {}).get(ATTEMPTS_HEADER, 0)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

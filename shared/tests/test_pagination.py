@@ -1,0 +1,120 @@
+"""Keyset pagination on real PostgreSQL: every row exactly once, in order, even with ties."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from shared.db import Database
+from shared.pagination import encode_cursor, keyset_page
+from shared.tests.tinyapp import TinySettings, build_app, make_keys, metadata, things
+
+START = datetime(2022, 2, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def database_url(postgres_server):
+    url = postgres_server.create_database("paging")
+    engine = sa.create_engine(url)
+    metadata.create_all(engine)
+    rows = [
+        # 10 distinct times, 5 rows each: the id must break the ties.
+        {"id": uuid.uuid4(), "name": f"事项 {n}", "created_at": START + timedelta(hours=n // 5)}
+        for n in range(50)
+    ]
+    with engine.begin() as conn:
+        conn.execute(things.insert(), rows)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="module")
+def expected_ids(database_url) -> list[str]:
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        ids = conn.execute(
+            sa.select(things.c.id).order_by(things.c.created_at, things.c.id)
+        ).scalars()
+        result = [str(i) for i in ids]
+    engine.dispose()
+    return result
+
+
+@pytest.fixture(scope="module")
+def client(database_url, tmp_path_factory):
+    public = make_keys(tmp_path_factory.mktemp("keys"))[1]
+    settings = TinySettings(
+        app_env="test", database_url=database_url, jwt_public_key_file=public, log_format="text"
+    )
+    return build_app(settings).test_client()
+
+
+def test_walking_the_pages_returns_every_row_exactly_once_in_order(client, expected_ids):
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        query = {"limit": 7} | ({"cursor": cursor} if cursor else {})
+        response = client.get("/api/v1/things", query_string=query)
+        assert response.status_code == 200
+        body = response.get_json()
+        seen.extend(item["id"] for item in body["items"])
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+
+    assert seen == expected_ids
+    assert len(set(seen)) == 50
+    assert pages == 8
+
+
+def test_a_page_that_ends_exactly_at_the_last_row_has_no_next_cursor(client):
+    body = client.get("/api/v1/things", query_string={"limit": 50}).get_json()
+
+    assert len(body["items"]) == 50
+    assert body["next_cursor"] is None
+
+
+def test_descending_pages_return_every_row_exactly_once_newest_first(database_url, expected_ids):
+    db = Database(database_url, metadata=metadata, producer="paging")
+    seen: list[str] = []
+    cursor = None
+    with db.session() as session:
+        while True:
+            rows, cursor = keyset_page(
+                session,
+                sa.select(things),
+                order=[things.c.created_at.desc(), things.c.id.desc()],
+                key=lambda row: [row.created_at, row.id],
+                cursor=cursor,
+                limit=9,
+                scalars=False,
+            )
+            seen.extend(str(row.id) for row in rows)
+            if cursor is None:
+                break
+    db.dispose()
+
+    assert seen == list(reversed(expected_ids))
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "%%%not-base64%%%",
+        "bm90IGpzb24",  # base64 of "not json"
+        encode_cursor(["only one value"]),
+        "eyJhIjoxfQ",  # base64 of {"a":1}: JSON, but not a list
+    ],
+)
+def test_a_bad_cursor_answers_400_invalid_cursor(client, cursor):
+    response = client.get("/api/v1/things", query_string={"cursor": cursor})
+
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_cursor"
+    assert error["message"] == "分页参数 cursor 无效。"
