@@ -1,0 +1,146 @@
+"""Cross-service fixtures: services wired to one real broker vhost, with their workers running."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from intake.app import create_app as create_intake
+from intake.handlers import SUBSCRIPTIONS as INTAKE_SUBSCRIPTIONS
+from intake.settings import IntakeSettings
+from shared.auth import TokenIssuer, ensure_keypair
+from shared.consumer import Consumer
+from shared.events import make_envelope
+from shared.relay import OutboxRelay
+from shared.testing import wait_for
+
+
+@pytest.fixture(scope="session")
+def jwt_keys(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = folder / "private.pem", folder / "public.pem"
+    ensure_keypair(private, public)
+    return private, public
+
+
+class Running:
+    """Threads running a service's relay and consumer until the test ends."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=15)
+
+
+@pytest.fixture
+def intake(fresh_database, amqp_url, jwt_keys, tmp_path) -> Iterator[dict]:
+    """Intake's web app plus its worker (relay and consumer threads) on a fresh vhost."""
+    private, public = jwt_keys
+    settings = IntakeSettings(
+        app_env="test",
+        database_url=fresh_database("intake"),
+        rabbitmq_url=amqp_url,
+        jwt_private_key_file=private,
+        jwt_public_key_file=public,
+        wechat_mode="dev",
+        media_dir=tmp_path / "media",
+        log_format="text",
+        consumer_retry_delays_ms=[50, 100],
+    )
+    app = create_intake(settings)
+    db = app.extensions["db"]
+    consumer = Consumer(
+        db,
+        amqp_url,
+        settings.events_exchange,
+        service="intake",
+        subscriptions=INTAKE_SUBSCRIPTIONS,
+        retry_delays_ms=settings.consumer_retry_delays_ms,
+    )
+    consumer.declare()
+    relay = OutboxRelay(db, amqp_url, settings.events_exchange, service="intake", poll_seconds=0.05)
+    running = Running()
+    running.start(relay.run_forever, "intake-relay")
+    running.start(consumer.run_forever, "intake-consumer")
+    issuer: TokenIssuer = app.extensions["token_issuer"]
+    yield {
+        "app": app,
+        "client": app.test_client(),
+        "db": db,
+        "issuer": issuer,
+        "settings": settings,
+        "consumer": consumer,
+    }
+    running.close()
+    relay.close()
+    db.dispose()
+
+
+class Listener:
+    """A queue of the test's own, bound to the exchange: what crossed the broker."""
+
+    def __init__(self, amqp_url: str, exchange: str, keys: list[str]) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self.channel = self.connection.channel()
+        self.channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
+        for key in keys:
+            self.channel.queue_bind(self.queue, exchange, routing_key=key)
+        self.exchange = exchange
+        self.seen: list[dict] = []
+
+    def _drain(self) -> None:
+        while True:
+            method, _props, body = self.channel.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                return
+            self.seen.append(json.loads(body))
+
+    def wait_for(self, event_type: str, **data) -> dict:
+        def found():
+            self._drain()
+            for envelope in self.seen:
+                if envelope["type"] == event_type and all(
+                    envelope["data"].get(k) == v for k, v in data.items()
+                ):
+                    return envelope
+            return None
+
+        return wait_for(found, timeout=15)
+
+    def publish(self, event_type: str, data: dict, producer: str = "dispatch") -> dict:
+        envelope = make_envelope(event_type, data, producer=producer)
+        self.publish_envelope(envelope)
+        return envelope
+
+    def publish_envelope(self, envelope: dict) -> None:
+        self.channel.basic_publish(
+            self.exchange,
+            envelope["type"],
+            json.dumps(envelope).encode(),
+            pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+        )
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+def listener(amqp_url) -> Iterator[Listener]:
+    listener = Listener(amqp_url, "service365.events", ["#"])
+    yield listener
+    listener.close()
