@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from datetime import datetime
@@ -487,14 +486,10 @@ def _request_doc(view: RequestView) -> dict[str, Any]:
         "zipcode": None,
         "lat": issue.lat,
         "long": issue.lon,
-        "media_url": _thumbnail_url(issue.photo_ids),
+        # Residents' photos show homes and faces and are served only to signed-in users who
+        # may see the report, so public Open311 output never links them.
+        "media_url": None,
     }
-
-
-def _thumbnail_url(photo_ids: list | None) -> str | None:
-    if not photo_ids:
-        return None
-    return f"{request.url_root}api/v1/media/{uuid.UUID(str(photo_ids[0]))}?size=thumb"
 
 
 def _render(fmt: str, root: str, data: Any, status: int = 200) -> Response:

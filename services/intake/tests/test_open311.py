@@ -371,14 +371,16 @@ def test_output_never_shows_who_reported_or_how_to_reach_them(
             assert secret not in body, (url, secret)
 
 
-def test_media_url_is_the_absolute_address_of_the_first_thumbnail(
-    client, db, village, created_ticket
-):
+def test_public_output_never_links_the_residents_photos(client, db, village, created_ticket):
     ticket = created_ticket()
     photo = uuid.uuid4()
-    change_issue(db, ticket, photo_ids=[str(photo), str(uuid.uuid4())])
+    change_issue(db, ticket, photo_ids=[str(photo)])
     [shown] = client.get(f"{BASE}/requests/{ticket}.json").get_json()
-    assert shown["media_url"] == f"http://localhost/api/v1/media/{photo}?size=thumb"
+    assert shown["media_url"] is None
+    for fmt in ("json", "xml"):
+        assert str(photo) not in client.get(f"{BASE}/requests/{ticket}.{fmt}").get_data(
+            as_text=True
+        )
 
 
 def test_an_unknown_request_id_is_a_404_open311_error(client):

@@ -261,7 +261,7 @@ def test_dev_mode_takes_the_code_as_the_openid(client, db):
     assert str(user.id) == first.get_json()["user"]["id"]
 
 
-def test_two_first_logins_at_once_make_one_resident(client, app, db, outbox_rows):
+def test_two_first_logins_at_once_make_one_resident(app, outbox_rows):
     barrier = threading.Barrier(4)
     answers: list[str] = []
 
