@@ -10,6 +10,8 @@ mkdir -p var/run var/log
 for svc in ${SERVICES:?set SERVICES, e.g. SERVICES=intake}; do
   echo "== $svc: migrate"
   scripts/service "$svc" migrate
+  # Queues first, so that no service's events reach the exchange before its queue is bound.
+  scripts/service "$svc" declare || echo "== $svc: broker not reachable now; its worker will declare"
   if [[ "${APP_ENV:-development}" != "production" ]] \
       && scripts/service "$svc" --help 2>/dev/null | grep -qw "seed-demo"; then
     echo "== $svc: seed-demo"

@@ -126,6 +126,39 @@ def _worker(
     return 0
 
 
+def _declare(
+    settings: ServiceSettings,
+    make_database: Callable[[Any], Any],
+    subscriptions: Callable[[], Mapping] | None,
+) -> int:
+    """Create the service's queues and bindings now, so that no event published before its
+    worker first starts is routed nowhere (the broker drops messages that match no queue)."""
+    from shared.consumer import Consumer
+
+    if subscriptions is None:
+        return 0
+    consumer = Consumer(
+        make_database(settings),
+        settings.rabbitmq_url,
+        settings.events_exchange,
+        service=settings.service_name,
+        subscriptions=subscriptions(),
+        retry_delays_ms=settings.consumer_retry_delays_ms,
+    )
+    try:
+        consumer.declare()
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        print(
+            f"{settings.service_name}: 无法连接消息队列，队列将在 worker 启动时创建 / "
+            f"broker not reachable ({type(exc).__name__}); the worker declares its queues "
+            "when it connects",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{settings.service_name}: 队列已就绪 / queues declared", file=sys.stderr)
+    return 0
+
+
 def build_parser(service: str, commands: Mapping[str, Command]) -> argparse.ArgumentParser:
     """``<service> migrate|web|worker|<extra>``; every command is listed in ``--help``."""
     parser = argparse.ArgumentParser(
@@ -135,8 +168,9 @@ def build_parser(service: str, commands: Mapping[str, Command]) -> argparse.Argu
     sub.add_parser("migrate", help="把数据库升级到最新版本 (alembic upgrade head)")
     sub.add_parser("web", help="启动 HTTP 服务 (gunicorn; WEB_CONCURRENCY workers)")
     sub.add_parser("worker", help="启动后台进程: outbox relay + event consumer")
+    sub.add_parser("declare", help="创建本服务的队列与绑定 (declare queues and bindings)")
     for name, command in commands.items():
-        if name in ("migrate", "web", "worker"):
+        if name in ("migrate", "web", "worker", "declare"):
             raise ValueError(f"command {name!r} is built in")
         command.add_arguments(sub.add_parser(name, help=command.help))
     return parser
@@ -162,6 +196,8 @@ def main(
         code = _web(service, settings, create_app_path)
     elif args.command == "worker":
         code = _worker(settings, make_database, subscriptions)
+    elif args.command == "declare":
+        code = _declare(settings, make_database, subscriptions)
     else:
         code = commands[args.command].run(args, settings)
     raise SystemExit(code or 0)

@@ -270,7 +270,7 @@ class Consumer:
         try:
             try:
                 outcome = self._apply(envelope, handler)
-            except Exception as exc:  # the handler's failure goes to retry or DLQ, never lost
+            except Exception as exc:  # noqa: BLE001 - a failed handler goes to retry or DLQ
                 outcome = self._fail(envelope, exc, channel, method, properties, body)
             channel.basic_ack(method.delivery_tag)
             return envelope.type, outcome

@@ -131,28 +131,9 @@ def http_error_response(exc: HTTPException):
     if status == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     if status == 429:
-        retry = getattr(exc, "retry_after", None) or _limiter_retry_after()
-        response.headers["Retry-After"] = str(retry)
+        # flask-limiter (headers enabled) replaces this with the window's real remaining time.
+        response.headers["Retry-After"] = str(getattr(exc, "retry_after", None) or 60)
     return response
-
-
-def _limiter_retry_after() -> int:
-    """flask-limiter puts the window end on the request; turn it into seconds from now."""
-    import time
-
-    limit = getattr(request, "view_rate_limit", None)
-    if limit is None:
-        return 60
-    try:
-        from flask import current_app
-
-        reset_at = current_app.extensions["limiter"].limiter.get_window_stats(
-            limit.limit, *limit.key
-        )[0]
-        return max(1, int(reset_at - time.time()))
-    except Exception:
-        log.warning("could not compute Retry-After", exc_info=True)
-        return 60
 
 
 def register_error_handlers(app: Flask) -> None:

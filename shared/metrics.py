@@ -98,7 +98,7 @@ class ScrapeTimeGauges:
         for name, doc, read in self.gauges:
             try:
                 value = read()
-            except Exception:
+            except Exception:  # noqa: BLE001 - one source down must not fail the scrape
                 value = None
             if value is None:
                 continue

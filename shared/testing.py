@@ -106,8 +106,20 @@ class RabbitServer:
         return self.url(name)
 
     def delete_all(self) -> None:
-        for name in self.created:
-            self.ctl(["delete_vhost", name])
+        """Delete every vhost of the run in one ``rabbitmqctl eval`` (one call each is slow)."""
+        if not self.created:
+            return
+        names = ", ".join(f'<<"{name}">>' for name in self.created)
+        try:
+            self.ctl(
+                [
+                    "eval",
+                    f'lists:foreach(fun(V) -> rabbit_vhost:delete(V, <<"tests">>) end, [{names}]).',
+                ]
+            )
+        except RuntimeError:
+            for name in self.created:
+                self.ctl(["delete_vhost", name])
         self.created.clear()
 
 

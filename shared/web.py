@@ -63,7 +63,7 @@ class BrokerProbe:
         try:
             pika.BlockingConnection(params).close()
             self._error = None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
             self._error = f"broker: {type(exc).__name__}"
         self._checked_at = now
         return self._error
@@ -161,7 +161,7 @@ def create_service_app(
         problems = []
         try:
             db.ping()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the reason is the answer
             problems.append(f"database: {type(exc).__name__}")
         broker_problem = broker.check()
         if broker_problem:
