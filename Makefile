@@ -6,7 +6,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-SERVICES := intake
+SERVICES := intake dispatch
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,6 +22,8 @@ export APP_ENV
 ifneq ($(APP_ENV),production)
 run up prepare: export WECHAT_MODE ?= dev
 run up prepare: export DEMO_DATA ?= true
+# The demo password (DEMO_PASSWORD, default demo365) is 7 characters; production keeps 8.
+run up prepare: export PASSWORD_MIN_LENGTH ?= 6
 endif
 
 .PHONY: help venv keys prepare run up down test lint format clean-metrics

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+from flask import current_app
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from shared.auth import ROLES
 
@@ -10,7 +11,18 @@ USERNAME = validate.Regexp(
     r"^[A-Za-z0-9_.-]{3,64}$", error="用户名应为 3 到 64 位字母、数字、下划线、点或连字符。"
 )
 PHONE = validate.Regexp(r"^[0-9+\- ]{5,20}$", error="请输入有效的电话号码。")
-PASSWORD = validate.Length(min=8, max=256, error="密码长度应在 8 到 256 个字符之间。")
+
+
+def _password_long_enough(value: str | None) -> None:
+    """At least ``PASSWORD_MIN_LENGTH`` characters (a setting: 8 unless the operator says)."""
+    if value is None:
+        return
+    minimum = current_app.extensions["settings"].password_min_length
+    if not minimum <= len(value) <= 256:
+        raise ValidationError(f"密码长度应在 {minimum} 到 256 个字符之间。")
+
+
+PASSWORD = _password_long_enough
 ROLE = validate.OneOf(ROLES, error="角色应为以下之一：{choices}。")
 
 

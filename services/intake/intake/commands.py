@@ -28,14 +28,13 @@ from shared.errors import DomainError
 from shared.settings import PROJECT_ROOT
 
 TOWNSHIP_FILE = PROJECT_ROOT / "deploy" / "demo" / "township.yaml"
-MIN_PASSWORD = 8
 
 
 class PasswordProblem(ValueError):
     """The password typed or piped in cannot be used."""
 
 
-def read_password() -> str:
+def read_password(minimum: int) -> str:
     """Twice from the terminal (not echoed), or the first line of stdin when it is piped."""
     if sys.stdin.isatty():
         first = getpass.getpass("密码 / password: ")
@@ -43,10 +42,9 @@ def read_password() -> str:
             raise PasswordProblem("两次输入的密码不一致 / the two passwords differ")
     else:
         first = sys.stdin.readline().rstrip("\r\n")
-    if len(first) < MIN_PASSWORD:
+    if len(first) < minimum:
         raise PasswordProblem(
-            f"密码至少 {MIN_PASSWORD} 个字符 / "
-            f"the password needs at least {MIN_PASSWORD} characters"
+            f"密码至少 {minimum} 个字符 / the password needs at least {minimum} characters"
         )
     return first
 
@@ -72,7 +70,7 @@ def add_create_user_arguments(parser: argparse.ArgumentParser) -> None:
 def run_create_user(args: argparse.Namespace, settings: IntakeSettings) -> int:
     """Create one staff account with a password typed in (or piped in for scripts)."""
     try:
-        password = read_password()
+        password = read_password(settings.password_min_length)
     except PasswordProblem as exc:
         print(exc, file=sys.stderr)
         return 1

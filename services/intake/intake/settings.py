@@ -26,6 +26,7 @@ class IntakeSettings(ServiceSettings):
     demo_password: str = "demo365"
     demo_data: bool = False
 
+    password_min_length: int = Field(8, ge=6, le=128)
     login_max_failures: int = Field(5, ge=1, le=100)
     login_lockout_minutes: int = Field(15, ge=1, le=24 * 60)
     rate_limit_login: str = "10 per minute"

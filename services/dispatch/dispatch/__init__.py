@@ -1,0 +1,1 @@
+"""dispatch: villages, grids and staff; the admin's queue; assignment, deadlines, escalation."""

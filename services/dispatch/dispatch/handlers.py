@@ -1,0 +1,116 @@
+"""What dispatch consumes: intake's reports, ratings and accounts.
+
+One ``handle_<event>`` per event type and the one table ``SUBSCRIPTIONS`` the worker binds.
+Each handler declares only the fields it reads (tolerant reader). The consumer runs it in the
+transaction that records the event id, so a redelivery changes nothing.
+
+Published by dispatch (``services.py``, ``organisation.py``, ``scheduler.py``): issue.assigned,
+issue.started, issue.escalated, issue.overdue, issue.reminder_due, issue.resolved,
+issue.reopened, issue.closed, issue.rejected, issue.callback_recorded, village.upserted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app, has_app_context
+from marshmallow import EXCLUDE, Schema, fields
+from sqlalchemy.orm import Session
+
+from dispatch import services
+from dispatch.settings import DispatchSettings
+from shared.errors import Conflict
+from shared.events import Envelope
+from shared.settings import load_settings
+
+log = logging.getLogger("dispatch.handlers")
+
+
+class _Tolerant(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class ReportedData(_Tolerant):
+    issue_id = fields.UUID(required=True)
+    ticket_no = fields.String(load_default=None, allow_none=True)
+    reporter_id = fields.UUID(required=True)
+    category = fields.String(required=True)
+    description = fields.String(load_default="", allow_none=True)
+    village_id = fields.UUID(required=True)
+    address = fields.String(load_default=None, allow_none=True)
+    lat = fields.Float(load_default=None, allow_none=True)
+    lon = fields.Float(load_default=None, allow_none=True)
+    photo_ids = fields.List(fields.UUID(), load_default=list, allow_none=True)
+    reported_at = fields.AwareDateTime(required=True)
+
+
+class RatedData(_Tolerant):
+    issue_id = fields.UUID(required=True)
+    reporter_id = fields.UUID(load_default=None, allow_none=True)
+    rating = fields.String(required=True)
+    comment = fields.String(load_default=None, allow_none=True)
+    rated_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
+class AccountData(_Tolerant):
+    user_id = fields.UUID(required=True)
+    name = fields.String(load_default="", allow_none=True)
+    roles = fields.List(fields.String(), load_default=list)
+    phone = fields.String(load_default=None, allow_none=True)
+    village_id = fields.UUID(load_default=None, allow_none=True)
+    active = fields.Boolean(load_default=True)
+
+
+_settings: DispatchSettings | None = None
+
+
+def settings() -> DispatchSettings:
+    """The service's settings (the app's inside a request, else read once from the environment)."""
+    global _settings
+    if has_app_context() and isinstance(current_app.extensions.get("settings"), DispatchSettings):
+        return current_app.extensions["settings"]
+    if _settings is None:
+        _settings = load_settings(DispatchSettings)
+    return _settings
+
+
+def use_settings(value: DispatchSettings | None) -> None:
+    """Let the worker (or a test) say which settings the handlers use."""
+    global _settings
+    _settings = value
+
+
+def handle_issue_reported(session: Session, event: Envelope) -> None:
+    """A report enters the admin's queue."""
+    services.receive_report(session, ReportedData().load(event.data))
+
+
+def handle_issue_rated(session: Session, event: Envelope) -> None:
+    """(Basically) satisfied closes the item; unsatisfied sends it back with the area leader."""
+    data = RatedData().load(event.data)
+    try:
+        services.apply_rating(
+            session,
+            settings(),
+            issue_id=data["issue_id"],
+            rating=data["rating"],
+            comment=data["comment"],
+            reporter_id=data["reporter_id"],
+        )
+    except Conflict as exc:
+        # A rating the life cycle cannot take (already closed by the scheduler, say): no retry
+        # will change that, so it is logged and acknowledged rather than dead-lettered.
+        log.warning("rating of %s ignored: %s", data["issue_id"], exc.message)
+
+
+def handle_account_upserted(session: Session, event: Envelope) -> None:
+    """Keep the names and roles of staff (and residents: cheap, and roles may change)."""
+    services.upsert_staff(session, AccountData().load(event.data))
+
+
+SUBSCRIPTIONS = {
+    "issue.reported": handle_issue_reported,
+    "issue.rated": handle_issue_rated,
+    "account.upserted": handle_account_upserted,
+}

@@ -1,0 +1,270 @@
+"""The scheduler process: reminders, overdue flags, escalation after the grace period, closing
+unrated items and keeping the callback sample filled.
+
+Each job asks one partial index for the rows that need work now (so it costs the same with a
+million items as with a thousand), takes them with ``FOR UPDATE SKIP LOCKED`` (copies of the
+scheduler share the work instead of waiting), and records a ``deadline_marks`` row under its
+primary key in the same transaction as the event: however often and in how many copies it runs,
+each reminder, overdue flag and escalation is sent once per item and deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from types import FrameType
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from dispatch import domain, services
+from dispatch.models import DeadlineMark, Issue, IssueHistory, Village
+from dispatch.settings import DispatchSettings
+from shared.clock import utcnow
+from shared.db import Database
+from shared.events import emit
+
+log = logging.getLogger("dispatch.scheduler")
+
+AUTO_ESCALATION_REASON = "超期未办结，超过宽限期，系统自动升级一级。"
+WORKING = tuple(sorted(domain.WORKING_STATES))
+
+
+@dataclass
+class SchedulerReport:
+    reminded: int = 0
+    overdue: int = 0
+    escalated: int = 0
+    closed: int = 0
+    sampled: int = 0
+
+    def total(self) -> int:
+        return sum(asdict(self).values())
+
+
+def _claim_mark(session: Session, issue_id: uuid.UUID, due_at: datetime, kind: str, now: datetime):
+    """Insert the mark; False when another run already holds it (the key makes it once only)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(DeadlineMark)
+        .values(issue_id=issue_id, due_at=due_at, kind=kind, marked_at=now)
+        .on_conflict_do_nothing()
+        .returning(DeadlineMark.issue_id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def _take(session: Session, stmt: sa.Select, limit: int) -> list[Issue]:
+    return list(session.scalars(stmt.limit(limit).with_for_update(skip_locked=True)))
+
+
+def _note(session: Session, issue: Issue, action: str, note: str, now: datetime) -> None:
+    session.add(
+        IssueHistory(
+            issue_id=issue.id,
+            action=action,
+            from_state=issue.state,
+            to_state=issue.state,
+            from_level=issue.level,
+            to_level=issue.level,
+            actor_id=None,
+            actor_name="系统",
+            note=note,
+            details={"due_at": issue.due_at.isoformat() if issue.due_at else None},
+            occurred_at=now,
+        )
+    )
+
+
+def remind_batch(session: Session, settings: DispatchSettings, now: datetime) -> tuple[int, int]:
+    """Tell the assignee a deadline is near (once per deadline)."""
+    horizon = now + timedelta(hours=settings.remind_before_hours)
+    issues = _take(
+        session,
+        sa.select(Issue)
+        .where(
+            Issue.state.in_(WORKING),
+            Issue.reminded_at.is_(None),
+            Issue.due_at > now,
+            Issue.due_at <= horizon,
+        )
+        .order_by(Issue.due_at),
+        settings.scheduler_batch_size,
+    )
+    sent = 0
+    for issue in issues:
+        issue.reminded_at = now
+        if not _claim_mark(session, issue.id, issue.due_at, "remind", now):
+            continue
+        _note(session, issue, "remind", "办理时限将到，已提醒办理人。", now)
+        emit(
+            session,
+            "issue.reminder_due",
+            {
+                "issue_id": issue.id,
+                "assignee_id": issue.assignee_id,
+                "grid_leader_id": issue.grid_leader_id,
+                "due_at": issue.due_at,
+            },
+        )
+        sent += 1
+    return len(issues), sent
+
+
+def overdue_batch(session: Session, settings: DispatchSettings, now: datetime) -> tuple[int, int]:
+    """Flag items past their deadline: one ``issue.overdue`` per item and deadline."""
+    issues = _take(
+        session,
+        sa.select(Issue)
+        .where(Issue.state.in_(WORKING), Issue.overdue_at.is_(None), Issue.due_at < now)
+        .order_by(Issue.due_at),
+        settings.scheduler_batch_size,
+    )
+    sent = 0
+    for issue in issues:
+        issue.overdue_at = now
+        if not _claim_mark(session, issue.id, issue.due_at, "overdue", now):
+            continue
+        _note(session, issue, "overdue", "已超过办理时限，已通知办理人和网格长。", now)
+        emit(
+            session,
+            "issue.overdue",
+            {
+                "issue_id": issue.id,
+                "assignee_id": issue.assignee_id,
+                "grid_leader_id": issue.grid_leader_id,
+                "due_at": issue.due_at,
+                "village_id": issue.village_id,
+                "level": issue.level,
+            },
+        )
+        sent += 1
+    return len(issues), sent
+
+
+def escalate_batch(session: Session, settings: DispatchSettings, now: datetime) -> tuple[int, int]:
+    """An overdue item climbs one level after the grace period (up to the area leader: a county
+    referral needs a person to choose the department)."""
+    cutoff = now - timedelta(hours=settings.overdue_grace_hours)
+    issues = _take(
+        session,
+        sa.select(Issue)
+        .where(
+            Issue.state.in_(WORKING),
+            Issue.overdue_at.is_not(None),
+            Issue.overdue_escalated_at.is_(None),
+            Issue.due_at < cutoff,
+        )
+        .order_by(Issue.due_at),
+        settings.scheduler_batch_size,
+    )
+    done = 0
+    for issue in issues:
+        issue.overdue_escalated_at = now
+        if not _claim_mark(session, issue.id, issue.due_at, "escalate", now):
+            continue
+        target = domain.next_level(issue.level)
+        village = session.get(Village, issue.village_id)
+        if target == "area_leader" and (village is None or village.area_leader_id is None):
+            target = None  # nobody to hand it to: the admin decides
+        if target is None or target == "county":
+            _note(session, issue, "overdue", "超期已过宽限期，需由管理员决定是否转县级部门。", now)
+            continue
+        services.escalate(
+            session, None, issue.id, to_level=target, reason=AUTO_ESCALATION_REASON, now=now
+        )
+        done += 1
+    return len(issues), done
+
+
+def auto_close_batch(
+    session: Session, settings: DispatchSettings, now: datetime
+) -> tuple[int, int]:
+    """Close resolved items that got no rating within ``auto_close_days``."""
+    cutoff = now - timedelta(days=settings.auto_close_days)
+    issues = _take(
+        session,
+        sa.select(Issue)
+        .where(Issue.state == "resolved", Issue.resolved_at < cutoff)
+        .order_by(Issue.resolved_at),
+        settings.scheduler_batch_size,
+    )
+    for issue in issues:
+        services.auto_close(session, issue, now)
+    return len(issues), len(issues)
+
+
+def sample_batch(session: Session, settings: DispatchSettings, now: datetime) -> tuple[int, int]:
+    """Decide for newly closed items whether the supervisors call back (回头看)."""
+    issues = _take(
+        session,
+        sa.select(Issue)
+        .where(Issue.state == "closed", Issue.callback_status.is_(None))
+        .order_by(Issue.closed_at),
+        settings.scheduler_batch_size,
+    )
+    for issue in issues:
+        sampled = issue.ever_unsatisfied or domain.in_callback_sample(
+            issue.id, settings.callback_sample_share
+        )
+        issue.callback_status = "pending" if sampled else "not_sampled"
+    return len(issues), sum(1 for i in issues if i.callback_status == "pending")
+
+
+Job = Callable[[Session, DispatchSettings, datetime], tuple[int, int]]
+
+# name in the report -> job returning (rows taken, events sent)
+JOBS: tuple[tuple[str, Job], ...] = (
+    ("reminded", remind_batch),
+    ("overdue", overdue_batch),
+    ("escalated", escalate_batch),
+    ("closed", auto_close_batch),
+    ("sampled", sample_batch),
+)
+
+
+def run_once(
+    db: Database, settings: DispatchSettings, now: datetime | None = None, max_batches: int = 100
+) -> SchedulerReport:
+    """One pass of every job, batch by batch (each batch one transaction) until nothing is left."""
+    now = now or utcnow()
+    report = SchedulerReport()
+    for name, job in JOBS:
+        for _ in range(max_batches):
+            with db.transaction() as session:
+                taken, done = job(session, settings, now)
+            setattr(report, name, getattr(report, name) + done)
+            if taken < settings.scheduler_batch_size:
+                break
+    return report
+
+
+def run_scheduler(
+    settings: DispatchSettings, db: Database, stop: threading.Event | None = None
+) -> None:
+    """Run ``run_once`` every ``scheduler_interval_seconds`` until SIGTERM/SIGINT or ``stop``."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s; stopping the scheduler", signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+    log.info("dispatch scheduler: every %.0f s", settings.scheduler_interval_seconds)
+    while not stop.is_set():
+        try:
+            report = run_once(db, settings)
+            if report.total():
+                log.info("dispatch scheduler: %s", asdict(report))
+        except Exception:
+            log.exception("dispatch scheduler: pass failed; trying again next interval")
+        stop.wait(settings.scheduler_interval_seconds)
+    log.info("dispatch scheduler: stopped")

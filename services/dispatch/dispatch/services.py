@@ -1,0 +1,881 @@
+"""Dispatch's use cases: one function per thing a person (or the scheduler) does to a work item.
+
+Each one loads and locks what it changes (``SELECT ... FOR UPDATE``), checks who is asking, lets
+``domain`` apply the rule, stores the step in the history and writes the event to the outbox, all
+in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from dispatch import domain
+from dispatch.models import (
+    Callback,
+    Department,
+    Grid,
+    GridMember,
+    Issue,
+    IssueHistory,
+    LedgerCounter,
+    LedgerEntry,
+    LedgerProgress,
+    Staff,
+    Village,
+)
+from dispatch.settings import DispatchSettings
+from shared.auth import Principal
+from shared.clock import SHANGHAI, utcnow
+from shared.errors import Conflict, Forbidden, Invalid, NotFound
+from shared.events import emit
+from shared.pagination import keyset_page
+
+WORKER_ROLES = frozenset({"grid_worker", "grid_leader"})
+
+
+# --- loading and recording -------------------------------------------------------------------
+
+
+def get_issue(session: Session, issue_id: uuid.UUID, *, lock: bool = False) -> Issue:
+    """The work item, row-locked when it is about to change (two admins: one waits, then 409)."""
+    stmt = sa.select(Issue).where(Issue.id == issue_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    issue = session.scalars(stmt).one_or_none()
+    if issue is None:
+        raise NotFound("未找到该事项。", code="issue_not_found")
+    return issue
+
+
+def record(
+    session: Session,
+    issue: Issue,
+    step: domain.Step,
+    actor: Principal | None,
+    now: datetime,
+) -> IssueHistory:
+    """Store one step of the item's history (who, when, from → to, note)."""
+    entry = IssueHistory(
+        issue_id=issue.id,
+        action=step.action,
+        from_state=step.from_state,
+        to_state=step.to_state,
+        from_level=step.from_level,
+        to_level=step.to_level,
+        actor_id=actor.id if actor else None,
+        actor_name=(actor.name or None) if actor else "系统",
+        note=step.note,
+        details=_jsonable(step.details),
+        occurred_at=now,
+    )
+    session.add(entry)
+    return entry
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _area_leader_of(session: Session, village_id: uuid.UUID) -> uuid.UUID | None:
+    village = session.get(Village, village_id)
+    return village.area_leader_id if village else None
+
+
+def _check_expected(issue: Issue, version: int | None) -> None:
+    domain.check_version(issue, version)
+
+
+def _may_act(issue: Issue, actor: Principal) -> bool:
+    return actor.has("admin") or actor.id in (issue.assignee_id, issue.handler_id)
+
+
+def _require_holder(issue: Issue, actor: Principal) -> None:
+    if not _may_act(issue, actor):
+        raise Forbidden("只有该事项的办理人或管理员可以操作。", code="not_your_task")
+
+
+# --- events in, from intake -------------------------------------------------------------------
+
+
+def receive_report(session: Session, data: dict[str, Any]) -> Issue | None:
+    """A new report lands in the admin's queue; a second delivery of the same report is a no-op."""
+    if session.get(Issue, data["issue_id"]) is not None:
+        return None
+    issue = Issue(
+        id=data["issue_id"],
+        ticket_no=data.get("ticket_no"),
+        reporter_id=data["reporter_id"],
+        category=data["category"],
+        description=data.get("description") or "",
+        village_id=data["village_id"],
+        address=data.get("address"),
+        lat=data.get("lat"),
+        lon=data.get("lon"),
+        photo_ids=[str(p) for p in data.get("photo_ids") or []],
+        reported_at=data["reported_at"],
+        state="reported",
+        level="grid",
+    )
+    session.add(issue)
+    session.flush()
+    session.add(
+        IssueHistory(
+            issue_id=issue.id,
+            action="report",
+            from_state=None,
+            to_state="reported",
+            from_level=None,
+            to_level="grid",
+            actor_id=issue.reporter_id,
+            actor_name="群众",
+            note=None,
+            details={},
+            occurred_at=issue.reported_at,
+        )
+    )
+    return issue
+
+
+def upsert_staff(session: Session, data: dict[str, Any]) -> Staff:
+    """Keep the names and roles of an account (from ``account.upserted``)."""
+    staff = session.get(Staff, data["user_id"], with_for_update=True)
+    if staff is None:
+        staff = Staff(id=data["user_id"])
+        session.add(staff)
+    staff.name = data.get("name") or ""
+    staff.phone = data.get("phone")
+    staff.roles = sorted(set(data.get("roles") or []))
+    staff.village_id = data.get("village_id")
+    staff.active = data.get("active", True)
+    return staff
+
+
+def apply_rating(
+    session: Session,
+    settings: DispatchSettings,
+    *,
+    issue_id: uuid.UUID,
+    rating: str,
+    comment: str | None,
+    reporter_id: uuid.UUID | None,
+    now: datetime | None = None,
+) -> Issue:
+    """The resident's rating: closes the item, or reopens it with the area leader following."""
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    area_leader_id = _area_leader_of(session, issue.village_id)
+    step = domain.rate(
+        issue,
+        rating=rating,
+        comment=comment,
+        now=now,
+        reopen_due_at=now + timedelta(hours=settings.reopen_due_hours),
+        area_leader_id=area_leader_id,
+    )
+    actor = Principal(id=reporter_id or issue.reporter_id, name="群众")
+    record(session, issue, step, actor, now)
+    if step.to_state == "closed":
+        _emit_closed(session, issue)
+    else:
+        _emit_reopened(session, issue, "unsatisfied")
+    return issue
+
+
+# --- the admin and the grid leader hand out work -----------------------------------------------
+
+
+def _grid_of(session: Session, assignee_id: uuid.UUID, village_id: uuid.UUID) -> Grid | None:
+    """The assignee's grid (led or joined), preferring one in the item's village."""
+    led = sa.select(Grid).where(Grid.leader_id == assignee_id)
+    member = sa.select(Grid).join(GridMember).where(GridMember.user_id == assignee_id)
+    grids = list(session.scalars(led)) + list(session.scalars(member))
+    grids.sort(key=lambda g: (g.village_id != village_id, g.leader_id != assignee_id))
+    return grids[0] if grids else None
+
+
+def _in_grid(grid: Grid | None, user_id: uuid.UUID) -> bool:
+    return grid is not None and (
+        grid.leader_id == user_id or any(m.user_id == user_id for m in grid.members)
+    )
+
+
+def assign(
+    session: Session,
+    settings: DispatchSettings,
+    actor: Principal,
+    issue_id: uuid.UUID,
+    *,
+    assignee_id: uuid.UUID,
+    difficulty: int,
+    due_at: datetime | None = None,
+    due_in_hours: float | None = None,
+    reassign: bool = False,
+    version: int | None = None,
+    now: datetime | None = None,
+) -> Issue:
+    """交办: hand the item to an active grid worker or leader with a difficulty and a deadline."""
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    _check_expected(issue, version)
+    assignee = session.get(Staff, assignee_id)
+    if assignee is None or not assignee.active or not WORKER_ROLES.intersection(assignee.roles):
+        raise Invalid(
+            "交办对象必须是在岗的网格员或网格长。",
+            code="invalid_assignee",
+            details={"assignee_id": ["交办对象必须是在岗的网格员或网格长。"]},
+        )
+    grid = _grid_of(session, assignee_id, issue.village_id)
+    if not actor.has("admin"):
+        # A grid leader hands out work only inside a grid they lead, in that grid's village.
+        allowed = (
+            actor.has("grid_leader")
+            and grid is not None
+            and grid.leader_id == actor.id
+            and grid.village_id == issue.village_id
+            and _in_grid(grid, assignee_id)
+        )
+        if not allowed:
+            raise Forbidden("网格长只能把本网格村庄的事项交给本网格的人员。", code="not_your_grid")
+    deadline = domain.due_at_for(
+        now=now,
+        due_at=due_at,
+        due_in_hours=due_in_hours,
+        default_hours=settings.due_hours(issue.category),
+    )
+    step = domain.assign(
+        issue,
+        assignee_id=assignee_id,
+        grid_id=grid.id if grid else None,
+        grid_leader_id=grid.leader_id if grid else None,
+        difficulty=difficulty,
+        due_at=deadline,
+        now=now,
+        reassign=reassign,
+    )
+    issue.assigned_by = actor.id
+    step.details["assignee_name"] = assignee.name
+    record(session, issue, step, actor, now)
+    emit(
+        session,
+        "issue.assigned",
+        {
+            "issue_id": issue.id,
+            "assignee_id": issue.assignee_id,
+            "assignee_name": assignee.name,
+            "grid_id": issue.grid_id,
+            "village_id": issue.village_id,
+            "grid_leader_id": issue.grid_leader_id,
+            "difficulty": issue.difficulty,
+            "due_at": issue.due_at,
+            "assigned_by": actor.id,
+            "reassigned": step.action == "reassign",
+        },
+    )
+    return issue
+
+
+def reject(
+    session: Session,
+    actor: Principal,
+    issue_id: uuid.UUID,
+    *,
+    reason: str,
+    version: int | None = None,
+    now: datetime | None = None,
+) -> Issue:
+    """不予受理: an invalid or duplicate report; the reason goes back to the resident."""
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    _check_expected(issue, version)
+    step = domain.reject(issue, reason=reason)
+    record(session, issue, step, actor, now)
+    emit(
+        session,
+        "issue.rejected",
+        {
+            "issue_id": issue.id,
+            "reason": issue.reject_reason,
+            "by": actor.id,
+            "reporter_id": issue.reporter_id,
+        },
+    )
+    return issue
+
+
+def reopen_by_admin(
+    session: Session,
+    settings: DispatchSettings,
+    actor: Principal,
+    issue_id: uuid.UUID,
+    *,
+    reason: str,
+    due_in_hours: float | None = None,
+    now: datetime | None = None,
+) -> Issue:
+    """An admin sends a resolved or closed item back to its assignee, with a reason."""
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    if not (reason or "").strip():
+        raise Invalid("请填写重新办理的理由。", code="reason_required")
+    step = domain.reopen(
+        issue,
+        reason="admin",
+        due_at=now + timedelta(hours=due_in_hours or settings.reopen_due_hours),
+        area_leader_id=_area_leader_of(session, issue.village_id),
+        note=reason.strip(),
+    )
+    record(session, issue, step, actor, now)
+    _emit_reopened(session, issue, "admin")
+    return issue
+
+
+# --- the worker does the work ------------------------------------------------------------------
+
+
+def start(
+    session: Session,
+    actor: Principal,
+    issue_id: uuid.UUID,
+    *,
+    version: int | None = None,
+    now: datetime | None = None,
+) -> Issue:
+    """开始办理, by the assignee (or an admin)."""
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    _require_holder(issue, actor)
+    _check_expected(issue, version)
+    step = domain.start(issue, now=now)
+    record(session, issue, step, actor, now)
+    emit(session, "issue.started", {"issue_id": issue.id, "assignee_id": issue.assignee_id})
+    return issue
+
+
+def add_note(
+    session: Session,
+    actor: Principal,
+    issue_id: uuid.UUID,
+    *,
+    text: str,
+    media_ids: Sequence[uuid.UUID] = (),
+    meeting_called: bool = False,
+    now: datetime | None = None,
+) -> IssueHistory:
+    """A progress note (e.g. that a leadership meeting was called); the state stays."""
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    if not (_may_act(issue, actor) or actor.id == issue.follower_id):
+        raise Forbidden("只有该事项的办理人、跟进领导或管理员可以记录进展。", code="not_your_task")
+    step = domain.note(issue, text=text, media_ids=media_ids)
+    step.details["meeting_called"] = meeting_called
+    issue.updated_at = now  # a note is a change: bumps the version too
+    return record(session, issue, step, actor, now)
+
+
+def resolve(
+    session: Session,
+    actor: Principal,
+    issue_id: uuid.UUID,
+    *,
+    note: str,
+    media_ids: Sequence[uuid.UUID] = (),
+    version: int | None = None,
+    now: datetime | None = None,
+) -> Issue:
+    """办结, by the assignee (or an admin); ``on_time`` decides the points."""
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    _require_holder(issue, actor)
+    _check_expected(issue, version)
+    step = domain.resolve(issue, note=note, media_ids=media_ids, now=now)
+    record(session, issue, step, actor, now)
+    entry = session.scalars(
+        sa.select(LedgerEntry).where(LedgerEntry.issue_id == issue.id).with_for_update()
+    ).one_or_none()
+    if entry is not None and entry.status != "solved":
+        entry.status = "solved"
+        entry.updated_at = now
+    emit(
+        session,
+        "issue.resolved",
+        {
+            "issue_id": issue.id,
+            "assignee_id": issue.assignee_id,
+            "reporter_id": issue.reporter_id,
+            "difficulty": issue.difficulty,
+            "due_at": issue.due_at,
+            "resolved_at": issue.resolved_at,
+            "on_time": issue.resolved_on_time,
+            "note": issue.resolution_note,
+            "photo_ids": issue.resolution_photo_ids,
+            "resolution_no": issue.resolution_count,
+        },
+    )
+    return issue
+
+
+# --- escalation and the ledger ------------------------------------------------------------------
+
+
+def _may_escalate(session: Session, issue: Issue, actor: Principal) -> bool:
+    if _may_act(issue, actor) or actor.id == issue.grid_leader_id:
+        return True
+    return actor.has("area_leader") and actor.id == _area_leader_of(session, issue.village_id)
+
+
+def escalate(
+    session: Session,
+    actor: Principal | None,
+    issue_id: uuid.UUID,
+    *,
+    to_level: str,
+    reason: str,
+    department_id: uuid.UUID | None = None,
+    admin_override: bool = False,
+    version: int | None = None,
+    ledger_prefix: str = "YN",
+    now: datetime | None = None,
+) -> Issue:
+    """升级: township (the admin coordinates), area leader (responsible), county (the ledger).
+
+    ``actor`` None is the scheduler climbing one level after the grace period.
+    """
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    if actor is not None and not _may_escalate(session, issue, actor):
+        raise Forbidden("您不能升级该事项。", code="not_your_task")
+    _check_expected(issue, version)
+    domain.level_index(to_level)
+    handler_id: uuid.UUID | None = None
+    department: Department | None = None
+    if to_level == "township":
+        handler_id = actor.id if actor is not None and actor.has("admin") else None
+    elif to_level == "area_leader":
+        handler_id = _area_leader_of(session, issue.village_id)
+        if handler_id is None:
+            raise Invalid("该村尚未设置包片领导，请先在组织管理中设置。", code="no_area_leader")
+    elif to_level == "county":
+        department = _county_department(session, department_id)
+    step = domain.escalate(
+        issue,
+        to_level=to_level,
+        reason=reason,
+        is_admin=actor is None or actor.has("admin"),
+        admin_override=admin_override,
+        handler_id=handler_id,
+        department_id=department.id if department else None,
+    )
+    ledger = None
+    if department is not None:
+        ledger = _enter_ledger(
+            session, issue, department, step.note or "", actor, now, ledger_prefix
+        )
+        step.details["ledger_no"] = ledger.ledger_no
+    record(session, issue, step, actor, now)
+    emit(
+        session,
+        "issue.escalated",
+        {
+            "issue_id": issue.id,
+            "from_level": step.from_level,
+            "to_level": step.to_level,
+            "reason": step.note,
+            "handler_id": handler_id,
+            "county_department": department.name if department else None,
+            "county_department_id": department.id if department else None,
+            "ledger_no": ledger.ledger_no if ledger else None,
+            "assignee_id": issue.assignee_id,
+            "by": actor.id if actor else None,
+        },
+    )
+    return issue
+
+
+def _county_department(session: Session, department_id: uuid.UUID | None) -> Department:
+    if department_id is None:
+        raise Invalid("转县级部门时须指定责任部门。", code="department_required")
+    department = session.get(Department, department_id)
+    if department is None or not department.active:
+        raise Invalid("所选县级部门不存在或已停用。", code="unknown_department")
+    return department
+
+
+def next_ledger_no(session: Session, prefix: str, now: datetime) -> str:
+    """``YN-2026-0007``: the year (Asia/Shanghai) and that year's sequence, taken atomically."""
+    year = now.astimezone(SHANGHAI).year
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(LedgerCounter)
+    seq = session.execute(
+        insert.values(year=year, last=1)
+        .on_conflict_do_update(
+            index_elements=[LedgerCounter.year], set_={"last": LedgerCounter.last + 1}
+        )
+        .returning(LedgerCounter.last)
+    ).scalar_one()
+    return f"{prefix}-{year}-{seq:04d}"
+
+
+def _enter_ledger(
+    session: Session,
+    issue: Issue,
+    department: Department,
+    reason: str,
+    actor: Principal | None,
+    now: datetime,
+    prefix: str,
+) -> LedgerEntry:
+    """Put the item in the hard-problems ledger (or refer it again, keeping its number)."""
+    entry = session.scalars(
+        sa.select(LedgerEntry).where(LedgerEntry.issue_id == issue.id).with_for_update()
+    ).one_or_none()
+    if entry is None:
+        entry = LedgerEntry(
+            ledger_no=next_ledger_no(session, prefix, now),
+            issue_id=issue.id,
+            department_id=department.id,
+            reason=reason,
+            status="referred",
+            referred_at=now,
+            referred_by=actor.id if actor else None,
+        )
+        session.add(entry)
+    else:
+        entry.department_id = department.id
+        entry.reason = reason
+        entry.status = "referred"
+        entry.referred_at = now
+        entry.referred_by = actor.id if actor else None
+    entry.department = department
+    session.flush()
+    return entry
+
+
+LEDGER_STATUSES: dict[str, str] = {
+    "referred": "已转办",
+    "in_progress": "办理中",
+    "solved": "已解决",
+    "returned": "已退回乡镇",
+}
+
+
+def add_ledger_progress(
+    session: Session,
+    actor: Principal,
+    entry_id: uuid.UUID,
+    *,
+    text: str,
+    status: str | None = None,
+    now: datetime | None = None,
+) -> LedgerEntry:
+    """A progress note on a ledger item, optionally moving its status."""
+    now = now or utcnow()
+    entry = session.scalars(
+        sa.select(LedgerEntry).where(LedgerEntry.id == entry_id).with_for_update()
+    ).one_or_none()
+    if entry is None:
+        raise NotFound("未找到该台账事项。", code="ledger_not_found")
+    if not (text or "").strip():
+        raise Invalid("请填写办理进展。", code="text_required")
+    if status is not None:
+        if status not in LEDGER_STATUSES:
+            raise Invalid("未知的台账状态。", code="invalid_status")
+        entry.status = status
+    session.add(
+        LedgerProgress(
+            entry_id=entry.id,
+            text=text.strip(),
+            status=status,
+            author_id=actor.id,
+            author_name=actor.name or None,
+            created_at=now,
+        )
+    )
+    entry.updated_at = now
+    session.flush()
+    session.refresh(entry, ["progress"])
+    return entry
+
+
+def ledger_page(
+    session: Session,
+    *,
+    status: str | None = None,
+    department_id: uuid.UUID | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[LedgerEntry], str | None]:
+    """The ledger, newest referral first."""
+    stmt = sa.select(LedgerEntry)
+    if status:
+        stmt = stmt.where(LedgerEntry.status == status)
+    if department_id:
+        stmt = stmt.where(LedgerEntry.department_id == department_id)
+    return keyset_page(
+        session,
+        stmt,
+        order=[LedgerEntry.referred_at.desc(), LedgerEntry.id.desc()],
+        key=lambda e: [e.referred_at, e.id],
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+def ledger_rows(session: Session, *, status: str | None = None) -> Iterable[LedgerEntry]:
+    """Every ledger item for export, oldest first, in chunks."""
+    stmt = sa.select(LedgerEntry).order_by(LedgerEntry.referred_at, LedgerEntry.id)
+    if status:
+        stmt = stmt.where(LedgerEntry.status == status)
+    yield from session.scalars(stmt.execution_options(yield_per=500))
+
+
+# --- callbacks (回头看) ------------------------------------------------------------------------
+
+
+def record_callback(
+    session: Session,
+    settings: DispatchSettings,
+    actor: Principal,
+    issue_id: uuid.UUID,
+    *,
+    method: str,
+    lawful: bool,
+    implemented: bool,
+    accepted: bool,
+    notes: str | None,
+    now: datetime | None = None,
+) -> Callback:
+    """A supervisor's callback; a failed one sends the item back (reason ``callback_failed``)."""
+    now = now or utcnow()
+    issue = get_issue(session, issue_id, lock=True)
+    passed = domain.callback_passed(lawful=lawful, implemented=implemented, accepted=accepted)
+    step = domain.record_callback(
+        issue,
+        passed=passed,
+        notes=notes,
+        reopen_due_at=now + timedelta(hours=settings.reopen_due_hours),
+        area_leader_id=_area_leader_of(session, issue.village_id),
+    )
+    step.details.update(
+        {"method": method, "lawful": lawful, "implemented": implemented, "accepted": accepted}
+    )
+    callback = Callback(
+        issue_id=issue.id,
+        supervisor_id=actor.id,
+        method=method,
+        lawful=lawful,
+        implemented=implemented,
+        accepted=accepted,
+        passed=passed,
+        notes=notes,
+        recorded_at=now,
+    )
+    session.add(callback)
+    record(session, issue, step, actor, now)
+    emit(
+        session,
+        "issue.callback_recorded",
+        {
+            "issue_id": issue.id,
+            "supervisor_id": actor.id,
+            "method": method,
+            "lawful": lawful,
+            "implemented": implemented,
+            "accepted": accepted,
+            "passed": passed,
+            "notes": notes,
+            "assignee_id": issue.assignee_id,
+        },
+    )
+    if not passed:
+        _emit_reopened(session, issue, "callback_failed")
+    return callback
+
+
+def pending_callbacks(
+    session: Session, *, cursor: str | None = None, limit: int = 50
+) -> tuple[list[Issue], str | None]:
+    """Closed items waiting for a callback: every one ever rated unsatisfied, plus the sample."""
+    stmt = sa.select(Issue).where(Issue.state == "closed", Issue.callback_status == "pending")
+    return keyset_page(
+        session,
+        stmt,
+        order=[Issue.closed_at.asc(), Issue.id.asc()],
+        key=lambda i: [i.closed_at, i.id],
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    village_id: uuid.UUID | None = None
+    category: str | None = None
+    level: str | None = None
+    state: str | None = None
+    overdue: bool | None = None
+
+
+def queue(
+    session: Session,
+    actor: Principal,
+    filters: QueueFilter,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    now: datetime | None = None,
+) -> tuple[list[Issue], str | None]:
+    """The admin's to-do list: open items, oldest first (a grid leader sees their villages)."""
+    now = now or utcnow()
+    states = [filters.state] if filters.state else sorted(domain.OPEN_STATES)
+    if filters.state and filters.state not in domain.OPEN_STATES:
+        raise Invalid("待办列表只包含未办结的事项。", code="invalid_state")
+    stmt = sa.select(Issue).where(Issue.state.in_(states))
+    if not actor.has("admin"):
+        led = sa.select(Grid.village_id).where(Grid.leader_id == actor.id)
+        stmt = stmt.where(Issue.village_id.in_(led))
+    if filters.village_id:
+        stmt = stmt.where(Issue.village_id == filters.village_id)
+    if filters.category:
+        stmt = stmt.where(Issue.category == filters.category)
+    if filters.level:
+        stmt = stmt.where(Issue.level == filters.level)
+    if filters.overdue is True:
+        stmt = stmt.where(
+            Issue.state.in_(domain.WORKING_STATES),
+            sa.or_(Issue.due_at < now, Issue.overdue_at.is_not(None)),
+        )
+    elif filters.overdue is False:
+        stmt = stmt.where(
+            sa.or_(
+                Issue.state.not_in(domain.WORKING_STATES),
+                sa.and_(Issue.due_at >= now, Issue.overdue_at.is_(None)),
+            )
+        )
+    return keyset_page(
+        session,
+        stmt,
+        order=[Issue.reported_at.asc(), Issue.id.asc()],
+        key=lambda i: [i.reported_at, i.id],
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+def my_tasks(
+    session: Session,
+    actor: Principal,
+    *,
+    following: bool = False,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Issue], str | None]:
+    """Open tasks of the caller, due soonest first (or those an area leader follows)."""
+    stmt = sa.select(Issue).where(Issue.state.in_(domain.WORKING_STATES))
+    if following:
+        stmt = stmt.where(sa.or_(Issue.follower_id == actor.id, Issue.handler_id == actor.id))
+    else:
+        stmt = stmt.where(Issue.assignee_id == actor.id)
+    return keyset_page(
+        session,
+        stmt,
+        order=[Issue.due_at.asc(), Issue.id.asc()],
+        key=lambda i: [i.due_at, i.id],
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+def history(session: Session, issue_id: uuid.UUID) -> list[IssueHistory]:
+    get_issue(session, issue_id)
+    return list(
+        session.scalars(
+            sa.select(IssueHistory)
+            .where(IssueHistory.issue_id == issue_id)
+            .order_by(IssueHistory.occurred_at, IssueHistory.seq)
+        )
+    )
+
+
+def staff_names(session: Session, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    rows = session.execute(sa.select(Staff.id, Staff.name).where(Staff.id.in_(wanted)))
+    return {row.id: row.name for row in rows}
+
+
+def village_names(session: Session) -> dict[uuid.UUID, str]:
+    return {row.id: row.name for row in session.execute(sa.select(Village.id, Village.name))}
+
+
+# --- events out --------------------------------------------------------------------------------
+
+
+def _emit_closed(session: Session, issue: Issue, *, auto: bool = False) -> None:
+    emit(
+        session,
+        "issue.closed",
+        {
+            "issue_id": issue.id,
+            "reporter_id": issue.reporter_id,
+            "rating": None if auto else issue.rating,
+            "closed_at": issue.closed_at,
+            "auto": auto,
+            "assignee_id": issue.assignee_id,
+        },
+    )
+
+
+def _emit_reopened(session: Session, issue: Issue, reason: str) -> None:
+    emit(
+        session,
+        "issue.reopened",
+        {
+            "issue_id": issue.id,
+            "reason": reason,
+            "assignee_id": issue.assignee_id,
+            "area_leader_id": issue.follower_id,
+            "due_at": issue.due_at,
+            "reporter_id": issue.reporter_id,
+        },
+    )
+
+
+def auto_close(session: Session, issue: Issue, now: datetime) -> None:
+    """Close a resolved item nobody rated in time (called by the scheduler, row locked)."""
+    step = domain.auto_close(issue, now=now)
+    record(session, issue, step, None, now)
+    _emit_closed(session, issue, auto=True)
+
+
+def conflict_from_stale() -> Conflict:
+    return Conflict("该事项已被他人同时修改，请刷新后重试。", code="version_conflict")
+
+
+def annotate(session: Session, issues: Sequence[Issue]) -> Sequence[Issue]:
+    """Put the assignee's and village's names on the items for the answer (not stored)."""
+    names = staff_names(session, (i.assignee_id for i in issues))
+    villages = village_names(session) if issues else {}
+    for issue in issues:
+        issue.assignee_name = names.get(issue.assignee_id)  # type: ignore[attr-defined]
+        issue.village_name = villages.get(issue.village_id)  # type: ignore[attr-defined]
+    return issues
