@@ -7,11 +7,14 @@ gunicorn marks exiting workers dead (see ``shared/gunicorn_conf.py``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -50,6 +53,7 @@ DLQ_MESSAGES = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+log = logging.getLogger(__name__)
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 
 
@@ -87,23 +91,43 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class ScrapeTimeGauges:
-    """Gauges read when /metrics is scraped (e.g. ``outbox_pending`` counted in the database)."""
+@dataclass(frozen=True)
+class ScrapeGauge:
+    """A gauge read when /metrics is scraped (e.g. ``outbox_pending`` counted in the database).
 
-    def __init__(self, gauges: Iterable[tuple[str, str, Callable[[], float | None]]], service: str):
-        self.gauges = list(gauges)
+    ``read`` returns a number, or, when ``labels`` are named, rows of (label values, number)::
+
+        ScrapeGauge("issues_open", "Open work items", read_open, labels=("state", "level"))
+    """
+
+    name: str
+    doc: str
+    read: Callable[[], Any]
+    labels: Sequence[str] = ()
+
+
+class ScrapeTimeGauges:
+    """The service's scrape-time gauges, each with the ``service`` label first."""
+
+    def __init__(self, gauges: Iterable[ScrapeGauge | tuple], service: str):
+        self.gauges = [g if isinstance(g, ScrapeGauge) else ScrapeGauge(*g) for g in gauges]
         self.service = service
 
     def collect(self):
-        for name, doc, read in self.gauges:
+        for gauge in self.gauges:
             try:
-                value = read()
+                value = gauge.read()
             except Exception:  # noqa: BLE001 - one source down must not fail the scrape
-                value = None
+                log.warning("scrape-time gauge %s could not be read", gauge.name, exc_info=True)
+                continue
             if value is None:
                 continue
-            family = GaugeMetricFamily(name, doc, labels=["service"])
-            family.add_metric([self.service], float(value))
+            family = GaugeMetricFamily(gauge.name, gauge.doc, labels=["service", *gauge.labels])
+            if gauge.labels:
+                for label_values, number in value:
+                    family.add_metric([self.service, *label_values], float(number))
+            else:
+                family.add_metric([self.service], float(value))
             yield family
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 import pika
 from flask import Flask, Response, g, jsonify, request
@@ -28,7 +27,8 @@ from shared.auth import TokenVerifier, init_auth
 from shared.db import Database
 from shared.errors import http_error_response, register_error_handlers
 from shared.logging import configure_logging, correlation_id
-from shared.metrics import ScrapeTimeGauges, init_http_metrics, metrics_response
+from shared.metrics import ScrapeGauge, ScrapeTimeGauges, init_http_metrics, metrics_response
+from shared.relay import pending_count
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def create_service_app(
     db: Database,
     *,
     title: str,
-    scrape_gauges: list[tuple[str, str, Any]] | None = None,
+    scrape_gauges: list[ScrapeGauge] | None = None,
 ) -> tuple[Flask, Api]:
     """A Flask app with everything every Service365 web process has."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
@@ -146,7 +146,11 @@ def create_service_app(
     app.extensions["broker_probe"] = broker
     gauges = ScrapeTimeGauges(
         [
-            ("outbox_pending", "Outbox rows not yet confirmed by the broker", _outbox_pending(db)),
+            ScrapeGauge(
+                "outbox_pending",
+                "Outbox rows not yet confirmed by the broker",
+                lambda: pending_count(db) if "outbox" in db.metadata.tables else None,
+            ),
             *list(scrape_gauges or []),
         ],
         settings.service_name,
@@ -176,18 +180,3 @@ def create_service_app(
         return metrics_response(gauges)
 
     return app, api
-
-
-def _outbox_pending(db: Database):
-    import sqlalchemy as sa
-
-    def read() -> float | None:
-        table = db.metadata.tables.get("outbox")
-        if table is None:
-            return None
-        with db.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.count()).select_from(table).where(table.c.sent_at.is_(None))
-            ).scalar_one()
-
-    return read

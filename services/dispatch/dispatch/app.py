@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Flask, Response
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from flask import Flask
 
 from dispatch.models import Base
 from dispatch.settings import DispatchSettings
 from shared.db import Database
+from shared.metrics import ScrapeGauge
 from shared.settings import load_settings
 from shared.web import create_service_app
 
@@ -19,31 +18,14 @@ def make_database(settings: DispatchSettings) -> Database:
     return Database(settings.sqlalchemy_url, metadata=Base.metadata, producer="dispatch")
 
 
-class OpenIssuesCollector:
-    """``issues_open{service,state,level}``, counted in the database when /metrics is scraped.
-
-    Why not ``scrape_gauges``: those carry only the ``service`` label.
-    """
-
-    def __init__(self, db: Database, service: str) -> None:
-        self.db, self.service = db, service
-
-    def collect(self):
+def _open_by_state_and_level(db: Database) -> Callable[[], list[tuple[tuple[str, str], int]]]:
+    def read() -> list[tuple[tuple[str, str], int]]:
         from dispatch.stats import open_counts
 
-        try:
-            with self.db.transaction() as session:
-                counts = open_counts(session)
-        except Exception:  # noqa: BLE001 - a scrape must not fail because the database is away
-            return
-        family = GaugeMetricFamily(
-            "issues_open",
-            "Open work items by state and level",
-            labels=["service", "state", "level"],
-        )
-        for state, level, count in counts:
-            family.add_metric([self.service, state, level], count)
-        yield family
+        with db.transaction() as session:
+            return [((state, level), count) for state, level, count in open_counts(session)]
+
+    return read
 
 
 def _overdue(db: Database) -> Callable[[], float]:
@@ -64,26 +46,19 @@ def create_app(settings: DispatchSettings | None = None) -> Flask:
         settings,
         db,
         title="Service365 dispatch 网格化管理",
-        scrape_gauges=[("issues_overdue", "Open work items past their deadline", _overdue(db))],
+        scrape_gauges=[
+            ScrapeGauge("issues_overdue", "Open work items past their deadline", _overdue(db)),
+            ScrapeGauge(
+                "issues_open",
+                "Open work items by state and level",
+                _open_by_state_and_level(db),
+                labels=("state", "level"),
+            ),
+        ],
     )
-    _add_labelled_gauges(app, OpenIssuesCollector(db, settings.service_name))
 
     from dispatch import api as routes
 
     api.register_blueprint(routes.blp)
     api.register_blueprint(routes.org)
     return app
-
-
-def _add_labelled_gauges(app: Flask, collector: OpenIssuesCollector) -> None:
-    """Append labelled scrape-time series to the shared /metrics answer."""
-    shared_view = app.view_functions["metrics"]
-
-    def metrics() -> Response:
-        response = shared_view()
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(collector)
-        response.set_data(response.get_data() + generate_latest(registry))
-        return response
-
-    app.view_functions["metrics"] = metrics

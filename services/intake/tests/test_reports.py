@@ -302,3 +302,16 @@ def test_categories_and_villages_are_listed(client, village):
     }
     assert {"code": "water_power", "label": "用水用电"} in categories
     assert client.get("/api/v1/villages").json == [{"id": str(VILLAGE_ID), "name": "沙口集村"}]
+
+
+def test_metrics_count_reports_and_pending_outbox_rows(client, village, make_user):
+    _, alice = make_user()
+    client.post("/api/v1/issues", json=_report(), headers=alice)
+    client.post("/api/v1/issues", json=_report(category="other"), headers=alice)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'outbox_pending{service="intake"} 2.0' in text
+    assert (
+        'http_requests_total{method="POST",route="/api/v1/issues",service="intake",status="201"}'
+        in text
+    )
+    assert 'issues_reported_total{category="other"}' in text
