@@ -264,7 +264,7 @@ def run_scheduler(
             report = run_once(db, settings)
             if report.total():
                 log.info("dispatch scheduler: %s", asdict(report))
-        except Exception:
+        except Exception:  # logged with its traceback; the next pass tries again
             log.exception("dispatch scheduler: pass failed; trying again next interval")
         stop.wait(settings.scheduler_interval_seconds)
     log.info("dispatch scheduler: stopped")

@@ -106,6 +106,18 @@ def _announce(session: Session, user: User) -> None:
     emit(session, ACCOUNT_UPSERTED, account_event_data(user))
 
 
+def announce_all_accounts(session: Session) -> int:
+    """Emit ``account.upserted`` again for every account (for a service added later).
+
+    Consumers keep only the latest state, so announcing twice is harmless.
+    """
+    count = 0
+    for user in session.scalars(sa.select(User).order_by(User.created_at)).yield_per(500):
+        emit(session, ACCOUNT_UPSERTED, account_event_data(user))
+        count += 1
+    return count
+
+
 # --- residents -------------------------------------------------------------------------------
 
 

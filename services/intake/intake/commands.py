@@ -212,11 +212,28 @@ def run_seed_demo(args: argparse.Namespace, settings: IntakeSettings) -> int:
     return 0
 
 
+def run_announce_accounts(args: argparse.Namespace, settings: IntakeSettings) -> int:
+    """Every account once more as ``account.upserted``, through the outbox."""
+    db = make_database(settings)
+    try:
+        with db.transaction() as session:
+            count = accounts.announce_all_accounts(session)
+    finally:
+        db.dispose()
+    print(f"已重新发布 {count} 个账号 / {count} accounts announced (account.upserted)")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "create-user": Command(
         "创建工作人员账号 create a staff account", add_create_user_arguments, run_create_user
     ),
     "seed-demo": Command(
         "写入演示村庄和账号 seed demo villages and staff", add_seed_demo_arguments, run_seed_demo
+    ),
+    "announce-accounts": Command(
+        "重新发布全部账号，供后加入的服务同步 re-send account.upserted for every account",
+        lambda _parser: None,
+        run_announce_accounts,
     ),
 }

@@ -355,7 +355,7 @@ def upload_photo(
     try:
         with db.transaction() as session:
             session.add(media)
-    except Exception:
+    except Exception:  # removes the orphan files, then re-raises
         # Nothing half-written: without its row the stored files would be orphans.
         storage.delete(key)
         storage.delete(thumb_key)

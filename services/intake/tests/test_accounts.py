@@ -356,3 +356,14 @@ def test_seed_demo_refuses_to_run_in_production(settings, db, capsys):
     assert "生产环境不能写入演示数据" in capsys.readouterr().err
     with db.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(Village)).scalar_one() == 0
+
+
+def test_announce_accounts_sends_every_account_again(settings, make_user, outbox_rows, capsys):
+    staff, _ = make_user(roles=["grid_worker"], name="王网格")
+    resident, _ = make_user(name="张大爷")
+
+    assert run_command("announce-accounts", [], settings) == 0
+
+    announced = {row["envelope"]["data"]["user_id"] for row in outbox_rows("account.upserted")}
+    assert announced == {str(staff.id), str(resident.id)}
+    assert "2 accounts announced" in capsys.readouterr().out

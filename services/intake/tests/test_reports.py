@@ -315,3 +315,23 @@ def test_metrics_count_reports_and_pending_outbox_rows(client, village, make_use
         in text
     )
     assert 'issues_reported_total{category="other"}' in text
+
+
+def test_photo_uploads_are_rate_limited_per_user(app, client, make_user):
+    app.extensions["settings"].rate_limit_uploads = "2 per hour"
+    _, alice = make_user()
+    _, bob = make_user(name="李四")
+
+    def upload(headers):
+        return client.post(
+            "/api/v1/media",
+            data={"file": (io.BytesIO(_jpeg((40, 30))), "p.jpg")},
+            headers=headers,
+            content_type="multipart/form-data",
+        )
+
+    assert [upload(alice).status_code for _ in range(2)] == [201, 201]
+    limited = upload(alice)
+    assert limited.status_code == 429
+    assert 0 < int(limited.headers["Retry-After"]) <= 3600
+    assert upload(bob).status_code == 201, "the limit is per user, not per address"
