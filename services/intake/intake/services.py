@@ -16,9 +16,18 @@ from sqlalchemy.orm import Session, selectinload
 
 from intake import domain
 from intake.media import MediaStorage, clean_image, content_type_for_key
-from intake.models import IdempotencyRecord, Issue, IssueStep, Media, Rating, TicketCounter, Village
+from intake.models import (
+    IdempotencyRecord,
+    Issue,
+    IssueStep,
+    Media,
+    Rating,
+    TicketCounter,
+    User,
+    Village,
+)
 from intake.settings import IntakeSettings
-from shared.auth import Principal
+from shared.auth import STAFF_ROLES, Principal
 from shared.clock import utcnow
 from shared.db import Database
 from shared.errors import Conflict, Invalid, NotFound
@@ -375,8 +384,16 @@ def read_photo(
 
 
 def _may_see(session: Session, viewer: Principal, media: Media) -> bool:
-    if media.uploader_id == viewer.id or viewer.is_staff:
+    """Uploader; staff for photos of a report or taken by staff (work notes, results); the
+    reporter for the photos of their report. A resident's photo not yet in a report stays theirs.
+    """
+    if media.uploader_id == viewer.id:
         return True
+    if viewer.is_staff:
+        if media.issue_id is not None:
+            return True
+        roles = session.scalar(sa.select(User.roles).where(User.id == media.uploader_id)) or []
+        return bool(STAFF_ROLES.intersection(roles))
     if media.issue_id is None:
         return False
     reporter = session.scalar(sa.select(Issue.reporter_id).where(Issue.id == media.issue_id))

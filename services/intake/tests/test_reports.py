@@ -208,7 +208,7 @@ def test_photos_attach_only_when_the_reporter_uploaded_them(
         assert str(session.get(Media, uuid.UUID(photo_id)).issue_id) == mine.json["id"]
 
 
-def test_photos_are_served_to_the_uploader_and_staff_only(client, village, make_user):
+def test_photos_are_served_to_the_uploader_and_to_staff_once_reported(client, village, make_user):
     _, alice = make_user()
     _, bob = make_user(name="李四")
     _, worker = make_user(roles=["grid_worker"], name="王网格")
@@ -220,6 +220,9 @@ def test_photos_are_served_to_the_uploader_and_staff_only(client, village, make_
     ).json
     full = client.get(photo["url"], headers=alice)
     assert full.status_code == 200 and full.mimetype == "image/jpeg"
+    assert client.get(photo["url"], headers=worker).status_code == 404, "not in a report yet"
+    reported = client.post("/api/v1/issues", json=_report(photo_ids=[photo["id"]]), headers=alice)
+    assert reported.status_code == 201
     thumb = client.get(photo["thumb_url"], headers=alice)
     assert thumb.status_code == 200
     assert max(Image.open(io.BytesIO(thumb.data)).size) <= 320 < photo["width"]
@@ -335,3 +338,17 @@ def test_photo_uploads_are_rate_limited_per_user(app, client, make_user):
     assert limited.status_code == 429
     assert 0 < int(limited.headers["Retry-After"]) <= 3600
     assert upload(bob).status_code == 201, "the limit is per user, not per address"
+
+
+def test_a_workers_photo_is_seen_by_other_staff_but_not_by_residents(client, make_user):
+    _, worker = make_user(roles=["grid_worker"], name="王网格")
+    _, admin = make_user(roles=["admin"], name="管理员")
+    _, alice = make_user()
+    photo = client.post(
+        "/api/v1/media",
+        data={"file": (io.BytesIO(_jpeg((40, 30))), "done.jpg")},
+        headers=worker,
+        content_type="multipart/form-data",
+    ).json
+    assert client.get(photo["url"], headers=admin).status_code == 200
+    assert client.get(photo["url"], headers=alice).status_code == 404
