@@ -71,8 +71,9 @@ class Grid(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
+    # Loaded with the grid: the answer is dumped after the request's transaction has closed.
     members: Mapped[list[GridMember]] = relationship(
-        cascade="all, delete-orphan", order_by="GridMember.added_at"
+        cascade="all, delete-orphan", order_by="GridMember.added_at", lazy="selectin"
     )
 
 

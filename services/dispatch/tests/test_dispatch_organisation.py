@@ -71,6 +71,9 @@ def test_grids_and_their_members(client, town, person):
     assert replaced.status_code == 422
     renamed = client.patch(f"/api/v1/grids/{grid_id}", json={"name": "第一网格"}, headers=headers)
     assert renamed.status_code == 409
+    unchanged = client.patch(f"/api/v1/grids/{grid_id}", json={}, headers=headers)
+    assert unchanged.status_code == 200, "found by schemathesis: members were lazy-loaded late"
+    assert str(newcomer.id) in unchanged.json["member_ids"]
     listed = client.get(f"/api/v1/grids?village_id={town.village2}", headers=headers).json
     assert sorted(g["name"] for g in listed) == ["第一网格", "第二网格"]
     bad_village = client.post(
