@@ -59,6 +59,7 @@ class ResolvedData(_Tolerant):
 class ReopenedData(_Tolerant):
     reason = fields.String(load_default="admin")
     assignee_id = fields.UUID(load_default=None, allow_none=True)
+    area_leader_id = fields.UUID(load_default=None, allow_none=True)
     due_at = fields.AwareDateTime(load_default=None, allow_none=True)
 
 
@@ -193,7 +194,9 @@ def handle_issue_reopened(session: Session, event: Envelope) -> None:
     data = ReopenedData().load(event.data)
     issue = _issue(session, data["issue_id"])
     title = REOPEN_REASONS.get(data["reason"], "重新办理")
-    if _step(session, issue, event, title):
+    leader = _staff_name(session, data.get("area_leader_id"))
+    note = f"包片领导{leader}跟进，直至群众满意" if leader else None
+    if _step(session, issue, event, title, note):
         issue.status = "reopened"
         if data.get("assignee_id"):
             issue.assignee_id = data["assignee_id"]

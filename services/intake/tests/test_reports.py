@@ -352,3 +352,42 @@ def test_a_workers_photo_is_seen_by_other_staff_but_not_by_residents(client, mak
     ).json
     assert client.get(photo["url"], headers=admin).status_code == 200
     assert client.get(photo["url"], headers=alice).status_code == 404
+
+
+def test_an_unsatisfied_resident_sees_the_reopening_and_rates_the_next_resolution(
+    client, db, village, make_user
+):
+    from intake.handlers import handle_issue_reopened
+
+    _, alice = make_user()
+    leader, _ = make_user(roles=["area_leader"], name="赵志刚")
+    issue_id = client.post("/api/v1/issues", json=_report(), headers=alice).json["id"]
+    _resolve(db, uuid.UUID(issue_id))
+    rate = {"rating": "unsatisfied", "comment": "还是漏水"}
+    assert (
+        client.post(f"/api/v1/issues/{issue_id}/rating", json=rate, headers=alice).status_code
+        == 201
+    )
+    reopened = make_envelope(
+        "issue.reopened",
+        {
+            "issue_id": issue_id,
+            "reason": "unsatisfied",
+            "assignee_id": None,
+            "area_leader_id": str(leader.id),
+        },
+        producer="dispatch",
+    )
+    with db.transaction() as session:
+        handle_issue_reopened(session, parse_envelope(reopened))
+    detail = client.get(f"/api/v1/issues/{issue_id}", headers=alice).json
+    assert detail["status"] == "reopened" and detail["can_rate"] is False
+    step = detail["timeline"][-1]
+    assert step["title"] == "群众不满意，重新办理"
+    assert "赵志刚" in step["note"]
+    _resolve(db, uuid.UUID(issue_id), note="已更换整段水管。")
+    again = {"rating": "satisfied"}
+    assert (
+        client.post(f"/api/v1/issues/{issue_id}/rating", json=again, headers=alice).status_code
+        == 201
+    )
