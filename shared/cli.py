@@ -133,20 +133,12 @@ def _declare(
 ) -> int:
     """Create the service's queues and bindings now, so that no event published before its
     worker first starts is routed nowhere (the broker drops messages that match no queue)."""
-    from shared.consumer import Consumer
+    from shared.worker import declare_queues
 
-    if subscriptions is None:
-        return 0
-    consumer = Consumer(
-        make_database(settings),
-        settings.rabbitmq_url,
-        settings.events_exchange,
-        service=settings.service_name,
-        subscriptions=subscriptions(),
-        retry_delays_ms=settings.consumer_retry_delays_ms,
-    )
     try:
-        consumer.declare()
+        declare_queues(
+            settings, make_database(settings), subscriptions() if subscriptions else None
+        )
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
         print(
             f"{settings.service_name}: 无法连接消息队列，队列将在 worker 启动时创建 / "

@@ -30,6 +30,31 @@ from shared.settings import ServiceSettings
 log = logging.getLogger("shared.worker")
 
 
+def consumer_for(
+    settings: ServiceSettings, db: Database, subscriptions: Mapping[str, Handler]
+) -> Consumer:
+    """The service's consumer, configured from its settings."""
+    return Consumer(
+        db,
+        settings.rabbitmq_url,
+        settings.events_exchange,
+        service=settings.service_name,
+        subscriptions=subscriptions,
+        prefetch=settings.consumer_prefetch,
+        max_attempts=settings.consumer_max_attempts,
+        retry_delays_ms=settings.consumer_retry_delays_ms,
+    )
+
+
+def declare_queues(
+    settings: ServiceSettings, db: Database, subscriptions: Mapping[str, Handler] | None
+) -> None:
+    """Create the service's queues and bindings now (before anyone publishes what it consumes):
+    the broker drops a message that matches no queue."""
+    if subscriptions:
+        consumer_for(settings, db, subscriptions).declare()
+
+
 def run_worker(
     settings: ServiceSettings,
     db: Database,
@@ -83,16 +108,7 @@ def run_worker(
 
     try:
         if subscriptions:
-            Consumer(
-                db,
-                settings.rabbitmq_url,
-                settings.events_exchange,
-                service=service,
-                subscriptions=subscriptions,
-                prefetch=settings.consumer_prefetch,
-                max_attempts=settings.consumer_max_attempts,
-                retry_delays_ms=settings.consumer_retry_delays_ms,
-            ).run_forever(stop, on_connected=start_relay)
+            consumer_for(settings, db, subscriptions).run_forever(stop, on_connected=start_relay)
         else:
             start_relay()
             while not stop.wait(1.0):

@@ -18,7 +18,7 @@ from dispatch.handlers import SUBSCRIPTIONS, use_settings
 from dispatch.models import Issue, Staff
 from shared.events import make_envelope
 from shared.testing import wait_for
-from shared.worker import run_worker
+from shared.worker import declare_queues, run_worker
 
 
 @pytest.fixture
@@ -35,6 +35,7 @@ def live(database_url, amqp_url, jwt_keys):
     tap = channel.queue_declare("", exclusive=True).method.queue
     for key in ("issue.*", "village.*"):
         channel.queue_bind(tap, settings.events_exchange, routing_key=key)
+    declare_queues(settings, db, SUBSCRIPTIONS)  # bound before the test publishes anything
     stop = threading.Event()
     worker = threading.Thread(
         target=run_worker, args=(settings, db, SUBSCRIPTIONS), kwargs={"stop": stop}

@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 from dispatch.app import create_app
 from dispatch.handlers import SUBSCRIPTIONS, use_settings
 from shared.settings import PROJECT_ROOT
-from shared.worker import run_worker
+from shared.worker import declare_queues, run_worker
 
 TOWNSHIP = PROJECT_ROOT / "deploy" / "demo" / "township.yaml"
 ORIGINAL_VILLAGE_IDS = {
@@ -107,6 +107,9 @@ def system(database_url, fresh_database, amqp_url, jwt_keys, tmp_path):
         accounts.create_account(
             session, username="admin", name="管理员", roles=["admin"], password="demo-admin-365"
         )
+    # Both services' queues bound before either publishes (as `make run` does with `declare`).
+    declare_queues(dispatch_settings, dispatch_db, SUBSCRIPTIONS)
+    declare_queues(intake_settings, intake_db, INTAKE_SUBSCRIPTIONS)
     stop = threading.Event()
     workers = [
         threading.Thread(
