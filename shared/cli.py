@@ -151,6 +151,25 @@ def _declare(
     return 0
 
 
+def _replay_dlq(
+    settings: ServiceSettings,
+    make_database: Callable[[Any], Any],
+    subscriptions: Callable[[], Mapping] | None,
+    limit: int | None,
+) -> int:
+    """Send dead letters back through the service's queue once their cause is fixed."""
+    from shared.worker import consumer_for
+
+    if subscriptions is None:
+        print(f"{settings.service_name}: 本服务不消费事件 / consumes no events", file=sys.stderr)
+        return 0
+    moved = consumer_for(settings, make_database(settings), subscriptions()).replay_dead_letters(
+        limit
+    )
+    print(f"{settings.service_name}: 已重新投递 {moved} 条 / {moved} dead letter(s) replayed")
+    return 0
+
+
 def build_parser(service: str, commands: Mapping[str, Command]) -> argparse.ArgumentParser:
     """``<service> migrate|web|worker|<extra>``; every command is listed in ``--help``."""
     parser = argparse.ArgumentParser(
@@ -161,8 +180,12 @@ def build_parser(service: str, commands: Mapping[str, Command]) -> argparse.Argu
     sub.add_parser("web", help="启动 HTTP 服务 (gunicorn; WEB_CONCURRENCY workers)")
     sub.add_parser("worker", help="启动后台进程: outbox relay + event consumer")
     sub.add_parser("declare", help="创建本服务的队列与绑定 (declare queues and bindings)")
+    replay = sub.add_parser(
+        "replay-dlq", help="把死信队列中的事件重新投递 (move dead letters back to the queue)"
+    )
+    replay.add_argument("--limit", type=int, default=None, help="at most this many")
     for name, command in commands.items():
-        if name in ("migrate", "web", "worker", "declare"):
+        if name in ("migrate", "web", "worker", "declare", "replay-dlq"):
             raise ValueError(f"command {name!r} is built in")
         command.add_arguments(sub.add_parser(name, help=command.help))
     return parser
@@ -190,6 +213,8 @@ def main(
         code = _worker(settings, make_database, subscriptions)
     elif args.command == "declare":
         code = _declare(settings, make_database, subscriptions)
+    elif args.command == "replay-dlq":
+        code = _replay_dlq(settings, make_database, subscriptions, args.limit)
     else:
         code = commands[args.command].run(args, settings)
     raise SystemExit(code or 0)

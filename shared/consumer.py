@@ -154,6 +154,61 @@ class Consumer:
             )
         channel.queue_declare(self.dlq, durable=True)
 
+    def replay_dead_letters(self, limit: int | None = None) -> int:
+        """Move what waits in the DLQ back into the service's queue, with a fresh count of tries.
+
+        For after the cause is fixed (a database outage, a bug). Each message is copied with a
+        publisher confirm before it leaves the DLQ, so nothing is lost if this stops halfway.
+        Returns how many were moved; at most what was there when it started (or ``limit``).
+        """
+        connection = pika.BlockingConnection(
+            amqp_parameters(self.amqp_url, f"{self.service}-replay")
+        )
+        try:
+            channel = connection.channel()
+            self._declare(channel)
+            channel.confirm_delivery()
+            waiting = int(channel.queue_declare(self.dlq, passive=True).method.message_count)
+            todo = waiting if limit is None else min(waiting, limit)
+            moved = 0
+            while moved < todo:
+                method, properties, body = channel.basic_get(self.dlq, auto_ack=False)
+                if method is None:
+                    break
+                headers = {
+                    key: value
+                    for key, value in (properties.headers or {}).items()
+                    if key not in (ATTEMPTS_HEADER, ERROR_HEADER, REASON_HEADER)
+                    and not key.startswith(_BROKER_HEADERS)
+                }
+                headers["x-service365-replayed"] = int(headers.get("x-service365-replayed", 0)) + 1
+                channel.basic_publish(
+                    exchange="",
+                    routing_key=self.queue,
+                    body=body,
+                    properties=pika.BasicProperties(
+                        content_type=properties.content_type or "application/json",
+                        delivery_mode=2,
+                        message_id=properties.message_id,
+                        correlation_id=properties.correlation_id,
+                        type=properties.type,
+                        headers=headers,
+                    ),
+                    mandatory=True,
+                )
+                channel.basic_ack(method.delivery_tag)
+                moved += 1
+            log.info(
+                "%s: %d message(s) moved from %s back to %s",
+                self.service,
+                moved,
+                self.dlq,
+                self.queue,
+            )
+            return moved
+        finally:
+            connection.close()
+
     # -- the loop ------------------------------------------------------------------------
 
     def run_forever(

@@ -326,3 +326,26 @@ def test_the_worker_says_once_that_the_broker_is_down_and_stops_cleanly_on_sigte
     assert "not answering" in warnings[0]
     assert not any("Traceback" in line or " ERROR " in line for line in lines), lines
     assert "demo worker: stopped" in lines[-1]
+
+
+def test_dead_letters_replayed_after_the_fix_are_processed_once(
+    db: Database, broker: Broker, service: str
+) -> None:
+    handler = Recorder(failures=2)  # "the database was down": two tries fail, then it is back
+    consumer = make_consumer(
+        db, broker, service, {"issue.reported": handler}, max_attempts=2, retry_delays_ms=(50,)
+    )
+    consumer.declare()
+    event = envelope()
+    broker.publish(event, "issue.reported")
+    with running(consumer.run_forever):
+        wait_for(lambda: outcome_count(service, "issue.reported", "dead_lettered") == 1)
+    assert broker.depth(f"{service}.events.dlq") == 1
+
+    assert consumer.replay_dead_letters() == 1
+
+    assert broker.depth(f"{service}.events.dlq") == 0
+    with running(consumer.run_forever):
+        wait_for(lambda: outcome_count(service, "issue.reported", "processed") == 1)
+    assert note_count(db) == 1
+    assert consumer.replay_dead_letters() == 0
