@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -338,3 +339,27 @@ class TcpProxy:
                 sock.close()
                 with self._lock:
                     self._sockets.discard(sock)
+
+
+@pytest.fixture(scope="session")
+def jwt_keys(tmp_path_factory) -> tuple[Path, Path]:
+    """A throwaway Ed25519 pair (private, public) for the whole run."""
+    from shared.auth import ensure_keypair
+
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = folder / "private.pem", folder / "public.pem"
+    ensure_keypair(private, public)
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def issuer(jwt_keys):
+    """Signs tokens as intake would, for tests of any service."""
+    from shared.auth import TokenIssuer
+
+    return TokenIssuer(
+        jwt_keys[0].read_bytes(),
+        issuer="service365-intake",
+        audience="service365",
+        ttl_seconds=3600,
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pika
 import pytest
@@ -13,19 +12,11 @@ import pytest
 from intake.app import create_app as create_intake
 from intake.handlers import SUBSCRIPTIONS as INTAKE_SUBSCRIPTIONS
 from intake.settings import IntakeSettings
-from shared.auth import TokenIssuer, ensure_keypair
+from shared.auth import TokenIssuer
 from shared.consumer import Consumer
 from shared.events import make_envelope
 from shared.relay import OutboxRelay
 from shared.testing import wait_for
-
-
-@pytest.fixture(scope="session")
-def jwt_keys(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = folder / "private.pem", folder / "public.pem"
-    ensure_keypair(private, public)
-    return private, public
 
 
 class Running:

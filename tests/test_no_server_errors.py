@@ -76,16 +76,8 @@ def dispatch_app(postgres_server, rabbit_server, jwt_keys) -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def sign(jwt_keys):
+def sign(issuer):
     """``sign(["admin"])``: headers with a token for a new user holding those roles."""
-    from shared.auth import TokenIssuer
-
-    issuer = TokenIssuer(
-        jwt_keys[0].read_bytes(),
-        issuer="service365-intake",
-        audience="service365",
-        ttl_seconds=3600,
-    )
 
     def headers(roles: list[str]) -> dict[str, str]:
         token, _ = issuer.issue(uuid.uuid4(), roles, "测试")

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from dispatch_helpers import Person, Township, envelope, report_data, settings_with
 
 from dispatch import services
@@ -18,45 +16,11 @@ from dispatch.app import create_app
 from dispatch.handlers import handle_issue_reported, use_settings
 from dispatch.models import Department, Grid, GridMember, Village
 from dispatch.settings import DispatchSettings
-from shared.auth import TokenIssuer, ensure_keypair
-from shared.migrations import upgrade
-
-
-@pytest.fixture(scope="session")
-def jwt_keys(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = folder / "private.pem", folder / "public.pem"
-    ensure_keypair(private, public)
-    return private, public
-
-
-@pytest.fixture(scope="session")
-def issuer(jwt_keys) -> TokenIssuer:
-    return TokenIssuer(
-        jwt_keys[0].read_bytes(),
-        issuer="service365-intake",
-        audience="service365",
-        ttl_seconds=3600,
-    )
-
-
-@pytest.fixture(scope="session")
-def dispatch_template(postgres_server) -> str:
-    """A migrated database that each test's database is copied from."""
-    url = postgres_server.create_database("dispatch_tpl")
-    upgrade("dispatch", url)
-    return url.rsplit("/", 1)[1]
 
 
 @pytest.fixture
-def database_url(postgres_server, dispatch_template) -> str:
-    name = f"t_dispatch_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(postgres_server.url("postgres"), isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{dispatch_template}"'))
-    engine.dispose()
-    postgres_server.created.append(name)
-    return postgres_server.url(name)
+def database_url(fresh_database) -> str:
+    return fresh_database("dispatch")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,17 +11,9 @@ import sqlalchemy as sa
 from intake.app import create_app
 from intake.models import User, Village
 from intake.settings import IntakeSettings
-from shared.auth import TokenIssuer, ensure_keypair
+from shared.auth import TokenIssuer
 
 VILLAGE_ID = uuid.UUID("5a3c0000-0000-4000-8000-000000000001")
-
-
-@pytest.fixture(scope="session")
-def jwt_keys(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = folder / "private.pem", folder / "public.pem"
-    ensure_keypair(private, public)
-    return private, public
 
 
 @pytest.fixture
