@@ -61,11 +61,20 @@ def plumbing_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("sent_at", UTCDateTime, nullable=True),
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
         sa.Column("last_error", sa.Text, nullable=True),
+        # When the broker returned a row as unroutable, not before this time again (None: now).
+        sa.Column("next_attempt_at", UTCDateTime, nullable=True),
         sa.Index(
             "ix_outbox_pending",
             "created_at",
             postgresql_where=sa.text("sent_at IS NULL"),
             sqlite_where=sa.text("sent_at IS NULL"),
+        ),
+        # The retention purge deletes sent rows by age.
+        sa.Index(
+            "ix_outbox_sent",
+            "sent_at",
+            postgresql_where=sa.text("sent_at IS NOT NULL"),
+            sqlite_where=sa.text("sent_at IS NOT NULL"),
         ),
     )
     processed = sa.Table(
@@ -75,8 +84,36 @@ def plumbing_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("handler", sa.String(120), primary_key=True),
         sa.Column("event_type", sa.String(80), nullable=False),
         sa.Column("processed_at", UTCDateTime, nullable=False, default=utcnow),
+        sa.Index("ix_processed_events_processed_at", "processed_at"),
     )
     return outbox, processed
+
+
+def upgrade_plumbing_0002(op) -> None:
+    """Alembic steps every service runs in its migration 0002: unroutable retry time on the
+    outbox and the indexes the retention purge uses (``shared.relay.purge_retained``)."""
+    with op.batch_alter_table("outbox") as batch:
+        batch.add_column(sa.Column("next_attempt_at", UTCDateTime(timezone=True), nullable=True))
+        batch.create_index(
+            "ix_outbox_sent",
+            ["sent_at"],
+            postgresql_where=sa.text("sent_at IS NOT NULL"),
+            sqlite_where=sa.text("sent_at IS NOT NULL"),
+        )
+    with op.batch_alter_table("processed_events") as batch:
+        batch.create_index("ix_processed_events_processed_at", ["processed_at"])
+
+
+def downgrade_plumbing_0002(op) -> None:
+    with op.batch_alter_table("processed_events") as batch:
+        batch.drop_index("ix_processed_events_processed_at")
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_index(
+            "ix_outbox_sent",
+            postgresql_where=sa.text("sent_at IS NOT NULL"),
+            sqlite_where=sa.text("sent_at IS NOT NULL"),
+        )
+        batch.drop_column("next_attempt_at")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
