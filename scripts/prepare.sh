@@ -11,7 +11,14 @@ for svc in ${SERVICES:?set SERVICES, e.g. SERVICES=intake}; do
   echo "== $svc: migrate"
   scripts/service "$svc" migrate
   # Queues first, so that no service's events reach the exchange before its queue is bound.
-  scripts/service "$svc" declare || echo "== $svc: broker not reachable now; its worker will declare"
+  rc=0
+  scripts/service "$svc" declare || rc=$?
+  if [[ $rc == 3 ]]; then
+    echo "== $svc: its queues conflict with what the broker holds (see the line above; README: changing queue settings)" >&2
+    exit 3
+  elif [[ $rc != 0 ]]; then
+    echo "== $svc: broker not reachable now; its worker will declare"
+  fi
   if [[ "${APP_ENV:-development}" != "production" ]] \
       && scripts/service "$svc" --help 2>/dev/null | grep -qw "seed-demo"; then
     echo "== $svc: seed-demo"

@@ -131,14 +131,23 @@ def _declare(
     make_database: Callable[[Any], Any],
     subscriptions: Callable[[], Mapping] | None,
 ) -> int:
-    """Create the service's queues and bindings now, so that no event published before its
-    worker first starts is routed nowhere (the broker drops messages that match no queue)."""
+    """Create the service's queues and bindings now, so that every event type a service consumes
+    is routed to its queue from the first publish (a type bound by no queue at all is returned
+    to the relay and waits in the outbox; a type bound by another service only would reach that
+    one alone). An empty main queue declared with older arguments is re-created."""
+    from shared.consumer import TopologyConflict
     from shared.worker import declare_queues
 
     try:
         declare_queues(
             settings, make_database(settings), subscriptions() if subscriptions else None
         )
+    except TopologyConflict as exc:
+        print(
+            f"{settings.service_name}: 队列配置冲突 / configuration error: {exc}",
+            file=sys.stderr,
+        )
+        return 3
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
         print(
             f"{settings.service_name}: 无法连接消息队列，队列将在 worker 启动时创建 / "

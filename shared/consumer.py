@@ -3,13 +3,26 @@
 Topology a service gets from ``declare()`` (all durable; names from DESIGN.md):
 
 * the topic exchange (``service365.events``), routing key = event type;
-* ``<service>.events``: a quorum queue bound with each event type of the subscription table;
-* ``<service>.events.retry.<n>`` (n = 1..len(retry_delays_ms)): queues with a message TTL of
-  the n-th delay whose expired messages dead-letter back into ``<service>.events`` through the
-  default exchange. The n-th failure of an event goes to retry queue n (the last one for later
-  failures), so the delay grows;
-* ``<service>.events.dlq``: where events land that do not parse or that failed ``max_attempts``
-  times, with the reason in headers (``x-service365-reason``, ``x-service365-error``).
+* ``<service>.events``: a quorum queue bound with each event type of the subscription table,
+  with an explicit delivery limit and the DLQ as its dead-letter target (at-least-once), so a
+  message that keeps crashing the consumer ends in the DLQ on RabbitMQ 3.13 and 4.x alike
+  (4.x would otherwise drop it after 20 deliveries);
+* ``<service>.events.retry.<delay>ms`` (one per entry of ``retry_delays_ms``): queues with that
+  message TTL whose expired messages dead-letter back into ``<service>.events`` through the
+  default exchange. The n-th failure of an event goes to the n-th retry queue (the last one for
+  later failures), so the delay grows. The name carries the delay, so a new setting declares new
+  queues instead of failing on the old ones (406 PRECONDITION_FAILED);
+* ``<service>.events.dlq``: where events land that do not parse, that failed ``max_attempts``
+  times or that hit the delivery limit, with the reason in headers (``x-service365-reason``,
+  ``x-service365-error``).
+
+A declaration the broker refuses (a queue that exists with other arguments) is a configuration
+error: ``TopologyConflict`` names the queue and the broker's reason, the worker logs it at ERROR,
+sets ``queue_declare_conflict`` and keeps retrying; ``/readyz`` says 503 with the reason.
+
+A database that stops answering is not a handler failure: the delivery is not acked, the
+consumer closes its connection (the broker requeues what it held), waits with backoff until the
+database answers and consumes again, so no event burns its retries or lands in the DLQ.
 
 Per message: parse the envelope (unparseable → DLQ); unknown type → ack as ``ignored``; otherwise
 one transaction inserts ``(event_id, handler)`` into ``processed_events`` and runs the handler, so
@@ -39,12 +52,21 @@ import pika
 import pika.exceptions
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared.db import Database, utcnow
 from shared.events import Envelope, InvalidEnvelope, parse_envelope
 from shared.logging import correlation_id
-from shared.metrics import DLQ_MESSAGES, EVENTS_CONSUMED
+from shared.metrics import (
+    BROKER_CONNECTED,
+    CONSUMER_LAG,
+    DLQ_MESSAGES,
+    EVENT_HANDLER_DURATION,
+    EVENTS_CONSUMED,
+    QUEUE_DECLARE_CONFLICT,
+    QUEUE_MESSAGES,
+)
 from shared.relay import EXCHANGE_TYPE, OutageLog, amqp_parameters, describe_broker
 
 log = logging.getLogger("shared.consumer")
@@ -68,14 +90,44 @@ PROCESSED, DUPLICATE, RETRIED, DEAD_LETTERED, INVALID, IGNORED = (
 )
 
 
-def queue_names(service: str, retry_levels: int) -> dict[str, Any]:
+def queue_names(service: str, retry_delays_ms: Sequence[int]) -> dict[str, Any]:
     """The queue names of a service: ``main``, ``retry`` (list, first delay first) and ``dlq``."""
     main = f"{service}.events"
     return {
         "main": main,
-        "retry": [f"{main}.retry.{n}" for n in range(1, retry_levels + 1)],
+        "retry": [f"{main}.retry.{int(delay)}ms" for delay in retry_delays_ms],
         "dlq": f"{main}.dlq",
     }
+
+
+class TopologyConflict(Exception):
+    """The broker refused a declaration: the queue exists with other arguments (406)."""
+
+    def __init__(self, queue: str, reason: str) -> None:
+        super().__init__(f"queue {queue}: {reason}")
+        self.queue = queue
+        self.reason = reason
+
+
+class DatabaseUnavailable(Exception):
+    """The service's database stopped answering while an event was being applied."""
+
+
+def is_database_outage(db: Database, exc: BaseException) -> bool:
+    """A connection-level error and the database does not answer a ping: an outage, not a bug.
+
+    Why the ping: psycopg raises ``OperationalError`` for a lost server and for a lock timeout
+    alike; only the first must pause consuming instead of counting as a handler failure.
+    """
+    if not isinstance(exc, OperationalError | InterfaceError | DisconnectionError) and not (
+        getattr(exc, "connection_invalidated", False)
+    ):
+        return False
+    try:
+        db.ping()
+    except SQLAlchemyError:
+        return True
+    return False
 
 
 def handler_name(event_type: str, handler: Handler) -> str:
@@ -97,6 +149,7 @@ class Consumer:
         prefetch: int = 20,
         max_attempts: int = 5,
         retry_delays_ms: Sequence[int] = (1000, 5000, 30000, 120000),
+        delivery_limit: int = 20,
         dlq_refresh_seconds: float = 15.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
@@ -113,10 +166,11 @@ class Consumer:
         self.prefetch = prefetch
         self.max_attempts = max_attempts
         self.retry_delays_ms = list(retry_delays_ms)
+        self.delivery_limit = delivery_limit
         self.dlq_refresh_seconds = dlq_refresh_seconds
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        names = queue_names(service, len(self.retry_delays_ms))
+        names = queue_names(service, self.retry_delays_ms)
         self.queue: str = names["main"]
         self.retry_queues: list[str] = names["retry"]
         self.dlq: str = names["dlq"]
@@ -137,22 +191,80 @@ class Consumer:
         finally:
             connection.close()
 
+    def main_queue_arguments(self) -> dict[str, Any]:
+        """The main queue's arguments: quorum, delivery limit, DLQ as dead-letter target."""
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": int(self.delivery_limit),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.dlq,
+            # at-least-once dead-lettering needs reject-publish; no length limit is set
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
     def _declare(self, channel: Any) -> None:
+        """Declare everything; a 406 becomes ``TopologyConflict`` naming the queue."""
         channel.exchange_declare(self.exchange, exchange_type=EXCHANGE_TYPE, durable=True)
-        channel.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
+        _declare_queue(channel, self.dlq, {})
+        _declare_queue(channel, self.queue, self.main_queue_arguments())
         for event_type in self.subscriptions:
             channel.queue_bind(self.queue, self.exchange, routing_key=event_type)
         for name, delay in zip(self.retry_queues, self.retry_delays_ms, strict=True):
-            channel.queue_declare(
+            _declare_queue(
+                channel,
                 name,
-                durable=True,
-                arguments={
+                {
                     "x-message-ttl": int(delay),
                     "x-dead-letter-exchange": "",
                     "x-dead-letter-routing-key": self.queue,
                 },
             )
-        channel.queue_declare(self.dlq, durable=True)
+
+    def check_topology(self) -> str | None:
+        """Declare the topology now; the conflict's text, or None when all is as configured.
+
+        ``/readyz`` calls it so a configuration error shows as 503 with its reason."""
+        try:
+            self.declare()
+        except TopologyConflict as exc:
+            return str(exc)
+        return None
+
+    def upgrade_main_queue(self) -> bool:
+        """Re-create the main queue with today's arguments when it conflicts and is empty.
+
+        For ``<service> declare`` after an upgrade that changed the main queue's arguments:
+        an empty queue with no consumer is deleted and declared again (events published in
+        between are returned as unroutable and stay in the producer's outbox). Returns True
+        when it re-created the queue; raises ``TopologyConflict`` when it may not.
+        """
+        try:
+            self.declare()
+            return False
+        except TopologyConflict as exc:
+            if exc.queue != self.queue:
+                raise
+            conflict = exc
+        connection = pika.BlockingConnection(
+            amqp_parameters(self.amqp_url, f"{self.service}-declare")
+        )
+        try:
+            channel = connection.channel()
+            frame = channel.queue_declare(self.queue, passive=True)
+            if frame.method.message_count or frame.method.consumer_count:
+                raise TopologyConflict(
+                    self.queue,
+                    f"{conflict.reason}; it holds {frame.method.message_count} message(s) and "
+                    f"{frame.method.consumer_count} consumer(s): stop the worker and let it "
+                    "drain (or move them) before it can be re-created",
+                )
+            channel.queue_delete(self.queue, if_unused=True, if_empty=True)
+        finally:
+            connection.close()
+        self.declare()
+        log.warning("%s: queue %s re-created with %s", self.service, self.queue, conflict.reason)
+        return True
 
     def replay_dead_letters(self, limit: int | None = None) -> int:
         """Move what waits in the DLQ back into the service's queue, with a fresh count of tries.
@@ -217,6 +329,7 @@ class Consumer:
         """Consume until ``stop`` is set; reconnect with growing backoff when the broker goes.
 
         ``on_connected`` runs after each (re)connection, once the queues exist and are bound.
+        A configuration conflict and a database outage pause consuming (see the module doc).
         """
         outage = OutageLog(
             log,
@@ -227,24 +340,59 @@ class Consumer:
         trouble = OutageLog(
             log, f"{self.service} consumer", initial=self.backoff_initial, maximum=self.backoff_max
         )
+        database = OutageLog(
+            log,
+            f"{self.service} consumer: database",
+            initial=self.backoff_initial,
+            maximum=self.backoff_max,
+        )
+        conflict_seen: str | None = None
+        conflict_gauge = QUEUE_DECLARE_CONFLICT.labels(self.service)
+        connected = BROKER_CONNECTED.labels(self.service, "consumer")
         connected_at = time.monotonic()
         while not stop.is_set():
             try:
                 connected_at = time.monotonic()
                 self._connect()
                 outage.recovered()
+                if conflict_seen is not None:
+                    log.warning("%s consumer: queues declared as configured now", self.service)
+                    conflict_seen = None
+                conflict_gauge.set(0)
+                connected.set(1)
                 if on_connected is not None:
                     on_connected()
                 while not stop.is_set():
                     assert self._connection is not None
                     self._connection.process_data_events(time_limit=0.2)
                     if time.monotonic() - self._dlq_checked_at >= self.dlq_refresh_seconds:
-                        self.refresh_dlq_gauge()
+                        self.refresh_queue_gauges()
+            except TopologyConflict as exc:
+                connected.set(0)
+                conflict_gauge.set(1)
+                if str(exc) != conflict_seen:
+                    conflict_seen = str(exc)
+                    log.error(
+                        "%s consumer: configuration error, not consuming: %s. Restore the "
+                        "setting, or drain the queue and run `declare` to re-create it "
+                        "(README: changing queue settings)",
+                        self.service,
+                        exc,
+                    )
+                self._close()
+                stop.wait(self.backoff_max)
+            except DatabaseUnavailable as exc:
+                # Close first: the broker requeues what this consumer held, unacked.
+                connected.set(0)
+                self._close()
+                self._wait_for_database(stop, database, exc)
             except pika.exceptions.AMQPError as exc:
+                connected.set(0)
                 self._close()
                 stop.wait(outage.failed(exc))
             except Exception as exc:  # a bug must not end the consumer for good; unacked
                 # messages go back to the queue when the connection closes
+                connected.set(0)
                 if time.monotonic() - connected_at > self.backoff_max:
                     trouble.recovered()  # a rare error after a long healthy run: log it again
                 if not trouble.is_down:
@@ -253,14 +401,35 @@ class Consumer:
                 stop.wait(trouble.failed(exc))
             finally:
                 self._close()
+        connected.set(0)
 
-    def refresh_dlq_gauge(self) -> int:
-        """Read the DLQ depth (passive declare) into the ``dlq_messages`` gauge and return it."""
-        frame = self._channel.queue_declare(self.dlq, passive=True)
-        depth = int(frame.method.message_count)
+    def _wait_for_database(
+        self, stop: threading.Event, database: OutageLog, error: BaseException
+    ) -> None:
+        """Back off until the database answers again (one log line for the whole outage)."""
+        cause = error.__cause__ or error
+        while not stop.wait(database.failed(cause)):
+            try:
+                self.db.ping()
+            except SQLAlchemyError as exc:
+                cause = exc
+                continue
+            database.recovered()
+            return
+
+    def refresh_queue_gauges(self) -> int:
+        """Read the depth of the main, retry and dead-letter queues (passive declares) into
+        ``queue_messages`` and ``dlq_messages``; return the DLQ depth."""
+        depth = 0
+        for name in (self.queue, *self.retry_queues, self.dlq):
+            frame = self._channel.queue_declare(name, passive=True)
+            depth = int(frame.method.message_count)
+            QUEUE_MESSAGES.labels(name).set(depth)
         DLQ_MESSAGES.labels(self.service).set(depth)
         self._dlq_checked_at = time.monotonic()
         return depth
+
+    refresh_dlq_gauge = refresh_queue_gauges
 
     def _connect(self) -> None:
         self._connection = pika.BlockingConnection(
@@ -274,7 +443,7 @@ class Consumer:
         self._publish_channel.confirm_delivery()
         self._channel.basic_qos(prefetch_count=self.prefetch)
         self._channel.basic_consume(self.queue, on_message_callback=self._on_message)
-        self.refresh_dlq_gauge()
+        self.refresh_queue_gauges()
         log.info(
             "%s consumer: consuming %s from exchange %s into queue %s",
             self.service,
@@ -325,6 +494,8 @@ class Consumer:
         try:
             try:
                 outcome = self._apply(envelope, handler)
+            except DatabaseUnavailable:
+                raise  # not acked: run_forever pauses until the database answers
             except Exception as exc:  # noqa: BLE001 - a failed handler goes to retry or DLQ
                 outcome = self._fail(envelope, exc, channel, method, properties, body)
             channel.basic_ack(method.delivery_tag)
@@ -333,10 +504,22 @@ class Consumer:
             correlation_id.reset(token)
 
     def _apply(self, envelope: Envelope, handler: Handler) -> str:
-        with self.db.transaction() as session:
-            if not self._claim(session, envelope, handler_name(envelope.type, handler)):
-                return DUPLICATE
-            handler(session, envelope)
+        started = time.perf_counter()
+        try:
+            with self.db.transaction() as session:
+                if not self._claim(session, envelope, handler_name(envelope.type, handler)):
+                    return DUPLICATE
+                handler(session, envelope)
+        except SQLAlchemyError as exc:
+            if is_database_outage(self.db, exc):
+                raise DatabaseUnavailable(f"while applying {envelope.type} {envelope.id}") from exc
+            raise
+        EVENT_HANDLER_DURATION.labels(self.service, envelope.type).observe(
+            time.perf_counter() - started
+        )
+        CONSUMER_LAG.labels(self.service, envelope.type).observe(
+            max(0.0, (utcnow() - envelope.occurred_at).total_seconds())
+        )
         return PROCESSED
 
     def _claim(self, session: Session, envelope: Envelope, name: str) -> bool:
@@ -442,6 +625,15 @@ class Consumer:
             ),
             mandatory=True,
         )
+
+
+def _declare_queue(channel: Any, name: str, arguments: dict[str, Any]) -> None:
+    try:
+        channel.queue_declare(name, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 406:
+            raise TopologyConflict(name, exc.reply_text) from None
+        raise
 
 
 def _attempts(properties: pika.BasicProperties) -> int:

@@ -157,7 +157,13 @@ class Database:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = sa.create_engine(
-                self.url, pool_size=self.pool_size, max_overflow=10, pool_pre_ping=True
+                self.url,
+                pool_size=self.pool_size,
+                max_overflow=10,
+                pool_pre_ping=True,
+                # A database host that stops answering (not refusing) must not hang a request or
+                # the consumer's outage check for minutes.
+                connect_args={"connect_timeout": 5},
             )
         self._engine = engine
         self._sessionmaker = sessionmaker(

@@ -1,8 +1,10 @@
 """Prometheus series of DESIGN.md, correct under gunicorn's several workers (multiprocess mode).
 
-Every process of a service writes to the folder in ``PROMETHEUS_MULTIPROC_DIR``; ``/metrics``
-adds them up. Files of processes that are gone are removed at start (``clean_stale_files``) and
-gunicorn marks exiting workers dead (see ``shared/gunicorn_conf.py``).
+Every process of a service (web workers and the worker) writes to the folder in
+``PROMETHEUS_MULTIPROC_DIR``; ``/metrics`` adds them up. Counter and histogram files of dead
+processes are kept, so a total never goes down while the service lives. Only *live* gauges
+(``broker_connected``, ``queue_declare_conflict``) belong to a process: at scrape time the files
+of dead processes are left out, and gunicorn's start hook removes them (``clean_stale_files``).
 """
 
 from __future__ import annotations
@@ -52,9 +54,54 @@ DLQ_MESSAGES = Gauge(
     ["service"],
     multiprocess_mode="mostrecent",
 )
+QUEUE_MESSAGES = Gauge(
+    "queue_messages",
+    "Messages waiting in one of the service's queues (main, retry, dead-letter)",
+    ["queue"],
+    multiprocess_mode="mostrecent",
+)
+EVENTS_UNROUTED = Counter(
+    "events_unrouted_total",
+    "Events the broker returned because no queue was bound for them (kept pending)",
+    ["service"],
+)
+RELAY_PUBLISH_FAILURES = Counter(
+    "relay_publish_failures_total",
+    "Events the relay tried to publish without a confirm (nack, timeout, lost connection)",
+    ["service"],
+)
+BROKER_CONNECTED = Gauge(
+    "broker_connected",
+    "1 while the process (relay or consumer) holds an open connection to the broker",
+    ["service", "process"],
+    multiprocess_mode="livemax",
+)
+QUEUE_DECLARE_CONFLICT = Gauge(
+    "queue_declare_conflict",
+    "1 while the service's queues cannot be declared as configured (406 PRECONDITION_FAILED)",
+    ["service"],
+    multiprocess_mode="livemax",
+)
+CONSUMER_LAG = Histogram(
+    "consumer_lag_seconds",
+    "Time from an event's occurred_at to its handling by the consumer",
+    ["service", "type"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
+)
+EVENT_HANDLER_DURATION = Histogram(
+    "event_handler_duration_seconds",
+    "Time to apply one event (handler and its transaction)",
+    ["service", "type"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+RETENTION_PURGED = Counter(
+    "retention_purged_total",
+    "Rows removed by the retention purge (sent outbox rows, processed-event rows)",
+    ["service", "table"],
+)
 
 log = logging.getLogger(__name__)
-_PID_FILE = re.compile(r"_(\d+)\.db$")
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]*_(\d+)\.db$")
 
 
 def multiprocess_dir() -> Path | None:
@@ -62,23 +109,46 @@ def multiprocess_dir() -> Path | None:
     return Path(value) if value else None
 
 
+def _dead_live_gauge(path: Path) -> bool:
+    match = _LIVE_GAUGE_FILE.match(path.name)
+    if not match:
+        return False
+    pid = int(match.group(1))
+    return pid != os.getpid() and not _alive(pid)
+
+
 def clean_stale_files(directory: Path | None = None) -> int:
-    """Remove the files of processes that no longer run; return how many were removed."""
+    """Remove the live-gauge files of processes that no longer run; return how many.
+
+    Counter and histogram files are never removed: a dead process's counts are part of the
+    service's totals (removing them would make ``http_requests_total`` go down). Called from
+    gunicorn's ``on_starting`` hook only.
+    """
     directory = directory or multiprocess_dir()
     if directory is None:
         return 0
     directory.mkdir(parents=True, exist_ok=True)
     removed = 0
-    for path in directory.glob("*.db"):
-        match = _PID_FILE.search(path.name)
-        if not match:
-            continue
-        pid = int(match.group(1))
-        if pid == os.getpid() or _alive(pid):
-            continue
-        path.unlink(missing_ok=True)
-        removed += 1
+    for path in directory.glob("gauge_live*.db"):
+        if _dead_live_gauge(path):
+            path.unlink(missing_ok=True)
+            removed += 1
     return removed
+
+
+class _LiveProcessesCollector:
+    """prometheus-client's multiprocess merge, leaving out live gauges of dead processes.
+
+    Why: the worker is not a gunicorn child, so nobody calls ``mark_process_dead`` when it is
+    killed; without this its ``broker_connected`` would read 1 until the next web restart.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self):
+        files = [str(path) for path in self.directory.glob("*.db") if not _dead_live_gauge(path)]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
 
 
 def _alive(pid: int) -> bool:
@@ -135,7 +205,7 @@ def metrics_response(extra: ScrapeTimeGauges | None = None) -> Response:
     directory = multiprocess_dir()
     if directory is not None:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(directory))
+        registry.register(_LiveProcessesCollector(directory))
     else:
         registry = CollectorRegistry() if extra else REGISTRY
         if extra:

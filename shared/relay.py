@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,9 +46,15 @@ import pika.exceptions
 import sqlalchemy as sa
 from pika.spec import Basic
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from shared.db import Database
-from shared.metrics import EVENTS_PUBLISHED
+from shared.metrics import (
+    BROKER_CONNECTED,
+    EVENTS_PUBLISHED,
+    EVENTS_UNROUTED,
+    RELAY_PUBLISH_FAILURES,
+)
 
 log = logging.getLogger("shared.relay")
 
@@ -143,6 +149,15 @@ def _short_reason(error: BaseException | str) -> str:
 
 
 @dataclass(frozen=True)
+class PublishResult:
+    """What became of a published batch: per message confirmed, returned (index → reason)."""
+
+    confirmed: list[bool]
+    returned: dict[int, str]
+    error: str | None
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """One outbox row ready to publish."""
 
@@ -181,6 +196,7 @@ class ConfirmingPublisher:
         self._next_tag = 0
         self._unconfirmed: set[int] = set()
         self._nacked: set[int] = set()
+        self._returned: dict[str, str] = {}
 
     @property
     def is_open(self) -> bool:
@@ -210,13 +226,19 @@ class ConfirmingPublisher:
             self.close()
             raise BrokerUnavailable(reason)
 
-    def publish(self, messages: Sequence[OutgoingMessage]) -> tuple[list[bool], str | None]:
-        """Publish a batch and wait for its confirms: (confirmed per message, error or None)."""
+    def publish(self, messages: Sequence[OutgoingMessage]) -> PublishResult:
+        """Publish a batch (``mandatory``) and wait for its confirms.
+
+        A message that matches no queue is returned by the broker (``Basic.Return``, always
+        before its ``Basic.Ack``): it is confirmed but not delivered, so it is reported in
+        ``returned`` (by message id) and never counted as sent.
+        """
         if not self.is_open:
             raise BrokerUnavailable(self._error or "publisher is not connected")
         first_tag = self._next_tag + 1
         self._unconfirmed = set()
         self._nacked = set()
+        self._returned = {}
         try:
             for message in messages:
                 self._channel.basic_publish(
@@ -224,6 +246,7 @@ class ConfirmingPublisher:
                     routing_key=message.event_type,
                     body=message.body,
                     properties=message.properties,
+                    mandatory=True,
                 )
                 self._next_tag += 1
                 self._unconfirmed.add(self._next_tag)
@@ -246,7 +269,12 @@ class ConfirmingPublisher:
         elif not all(confirmed):
             error = self._error or "the channel closed before the batch was published"
             self.close()
-        return confirmed, error
+        returned = {
+            index: self._returned[message.properties.message_id]
+            for index, message in enumerate(messages)
+            if message.properties.message_id in self._returned
+        }
+        return PublishResult(confirmed, returned, error)
 
     def pump(self, seconds: float) -> None:
         """Run the I/O loop for a while (heartbeats, a close from the broker) while idle."""
@@ -309,6 +337,7 @@ class ConfirmingPublisher:
     def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
         channel.exchange_declare(
             exchange=self.exchange,
             exchange_type=EXCHANGE_TYPE,
@@ -328,6 +357,12 @@ class ConfirmingPublisher:
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
         self._wake()
+
+    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        self._returned[properties.message_id] = (
+            f"unroutable: {method.reply_code} {method.reply_text} "
+            f"(no queue is bound for {method.routing_key!r})"
+        )
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -357,6 +392,8 @@ class OutboxRelay:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         confirm_timeout: float = 30.0,
+        unroutable_retry_initial: float = 5.0,
+        unroutable_retry_max: float = 300.0,
     ) -> None:
         outbox = db.metadata.tables.get("outbox")
         if outbox is None:
@@ -370,6 +407,8 @@ class OutboxRelay:
         self.poll_seconds = poll_seconds
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.unroutable_retry_initial = unroutable_retry_initial
+        self.unroutable_retry_max = unroutable_retry_max
         self.sent_total = 0
         self._publisher = ConfirmingPublisher(
             amqp_url,
@@ -381,16 +420,24 @@ class OutboxRelay:
     def run_once(self) -> int:
         """Publish one batch of pending rows; return how many were confirmed and marked sent.
 
+        A row the broker returns as unroutable (no queue bound for its type yet) stays pending
+        with the reason in ``last_error`` and is tried again after a growing delay
+        (``next_attempt_at``), so it reaches a consumer whose queue is declared later.
+
         Raises ``BrokerUnavailable`` when the broker cannot be reached or the connection drops
         before every confirm came (the confirmed part is still marked sent).
         """
         outbox = self.outbox
         failure: BrokerUnavailable | None = None
         sent_types: list[str] = []
+        now = datetime.now(UTC)
         with self.db.transaction() as session:
             rows = session.execute(
-                sa.select(outbox.c.id, outbox.c.event_type, outbox.c.envelope)
-                .where(outbox.c.sent_at.is_(None))
+                sa.select(outbox.c.id, outbox.c.event_type, outbox.c.envelope, outbox.c.attempts)
+                .where(
+                    outbox.c.sent_at.is_(None),
+                    sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+                )
                 .order_by(outbox.c.created_at, outbox.c.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
@@ -401,19 +448,29 @@ class OutboxRelay:
             try:
                 if not self._publisher.is_open:
                     self._publisher.open()
-                confirmed, error = self._publisher.publish(messages)
+                result = self._publisher.publish(messages)
             except BrokerUnavailable as exc:
-                confirmed, error, failure = [False] * len(rows), str(exc), exc
-            sent = [row for row, ok in zip(rows, confirmed, strict=True) if ok]
-            unsent = [row for row, ok in zip(rows, confirmed, strict=True) if not ok]
+                result, failure = PublishResult([False] * len(rows), {}, str(exc)), exc
+            sent, unsent, returned = [], [], []
+            for index, (row, ok) in enumerate(zip(rows, result.confirmed, strict=True)):
+                if index in result.returned:
+                    returned.append((row, result.returned[index]))
+                elif ok:
+                    sent.append(row)
+                else:
+                    unsent.append(row)
             if sent:
                 session.execute(
                     sa.update(outbox)
                     .where(outbox.c.id.in_([row.id for row in sent]))
-                    .values(sent_at=datetime.now(UTC))
+                    .values(sent_at=datetime.now(UTC), next_attempt_at=None)
                 )
                 sent_types = [row.event_type for row in sent]
+            if returned:
+                self._keep_unroutable(session, returned, now)
             if unsent:
+                RELAY_PUBLISH_FAILURES.labels(self.service).inc(len(unsent))
+                error = result.error
                 session.execute(
                     sa.update(outbox)
                     .where(outbox.c.id.in_([row.id for row in unsent]))
@@ -435,6 +492,34 @@ class OutboxRelay:
             raise failure
         return len(sent_types)
 
+    def _keep_unroutable(self, session: Session, returned: list[tuple[Any, str]], now: datetime):
+        """Leave returned rows pending, each with its reason and the time of its next try."""
+        outbox = self.outbox
+        EVENTS_UNROUTED.labels(self.service).inc(len(returned))
+        for row, reason in returned:
+            delay = min(
+                self.unroutable_retry_initial * 2 ** min(row.attempts, 16),
+                self.unroutable_retry_max,
+            )
+            session.execute(
+                sa.update(outbox)
+                .where(outbox.c.id == row.id)
+                .values(
+                    attempts=outbox.c.attempts + 1,
+                    last_error=reason[:2000],
+                    next_attempt_at=now + timedelta(seconds=delay),
+                )
+            )
+            # The first return of an event says so at WARNING; its later tries only at DEBUG.
+            log.log(
+                logging.WARNING if row.attempts == 0 else logging.DEBUG,
+                "outbox relay: %s %s is unroutable (no queue bound); kept pending, "
+                "next try in %.0fs",
+                row.event_type,
+                row.id,
+                delay,
+            )
+
     def run_forever(self, stop: threading.Event) -> None:
         """Relay until ``stop`` is set, surviving broker and database outages with backoff."""
         broker = OutageLog(
@@ -449,11 +534,13 @@ class OutboxRelay:
         unexpected = OutageLog(
             log, "outbox relay", initial=self.backoff_initial, maximum=self.backoff_max
         )
+        connected = BROKER_CONNECTED.labels(self.service, "relay")
         try:
             while not stop.is_set():
                 try:
                     count = self.run_once()
                 except BrokerUnavailable as exc:
+                    connected.set(0)
                     stop.wait(broker.failed(exc))
                     continue
                 except SQLAlchemyError as exc:
@@ -470,9 +557,11 @@ class OutboxRelay:
                 database.recovered()
                 if self._publisher.is_open:
                     broker.recovered()
+                    connected.set(1)
                 if count < self.batch_size:
                     self._idle(stop)
         finally:
+            connected.set(0)
             self._publisher.close()
 
     def close(self) -> None:
@@ -513,3 +602,22 @@ def pending_count(db: Database) -> int:
                 sa.select(sa.func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
             ).scalar_one()
         )
+
+
+def oldest_pending_seconds(db: Database) -> float:
+    """Age of the oldest row not yet sent, 0 when none waits (``outbox_oldest_pending_seconds``).
+
+    Why: a pending count alone does not tell a steady trickle from a row stuck for an hour
+    (an unroutable event, a broker that nacks)."""
+    outbox = db.metadata.tables["outbox"]
+    with db.engine.connect() as conn:
+        oldest = conn.execute(
+            sa.select(sa.func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None))
+        ).scalar_one()
+    if oldest is None:
+        return 0.0
+    if isinstance(oldest, str):  # SQLite hands an aggregate back as text
+        oldest = datetime.fromisoformat(oldest)
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - oldest).total_seconds())

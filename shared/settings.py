@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,18 @@ class ServiceSettings(BaseSettings):
     consumer_prefetch: int = Field(20, ge=1, le=1000)
     consumer_max_attempts: int = Field(5, ge=1, le=50)
     consumer_retry_delays_ms: list[int] = Field(default_factory=lambda: [1000, 5000, 30000, 120000])
+    # Deliveries of one message (crashes, outages) before the broker dead-letters it to the DLQ.
+    consumer_delivery_limit: int = Field(20, ge=2, le=1000)
+    # An event no queue is bound for stays pending and is tried again after this delay,
+    # doubling up to the maximum.
+    relay_unroutable_retry_seconds: float = Field(5.0, gt=0, le=3600)
+    relay_unroutable_retry_max_seconds: float = Field(300.0, gt=0, le=86400)
+    # Retention (shared.retention): sent outbox rows, and processed-event (inbox) rows, which
+    # must outlive any dead letter that may still be replayed.
+    outbox_retention_days: float = Field(7.0, gt=0, le=3650)
+    inbox_retention_days: float = Field(30.0, gt=0, le=3650)
+    retention_interval_seconds: float = Field(3600.0, gt=0, le=86400)
+    retention_batch_size: int = Field(1000, ge=1, le=100000)
 
     @field_validator("database_url")
     @classmethod
@@ -69,6 +81,22 @@ class ServiceSettings(BaseSettings):
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// or amqps:// URL")
         return value
+
+    @field_validator("consumer_retry_delays_ms")
+    @classmethod
+    def _retry_delays(cls, value: list[int]) -> list[int]:
+        if not value or any(delay < 1 for delay in value):
+            raise ValueError("needs at least one delay, each at least 1 ms")
+        return value
+
+    @model_validator(mode="after")
+    def _inbox_outlives_outbox(self) -> ServiceSettings:
+        if self.inbox_retention_days < self.outbox_retention_days:
+            raise ValueError(
+                "INBOX_RETENTION_DAYS must be at least OUTBOX_RETENTION_DAYS: processed-event "
+                "rows must outlive any event that may still be delivered again"
+            )
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:

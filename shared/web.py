@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Mapping
 
 import pika
 from flask import Flask, Response, g, jsonify, request
@@ -24,11 +25,12 @@ from werkzeug.exceptions import HTTPException
 
 import shared.i18n  # noqa: F401 - Chinese validation messages
 from shared.auth import TokenVerifier, init_auth
+from shared.consumer import Handler
 from shared.db import Database
 from shared.errors import http_error_response, register_error_handlers
 from shared.logging import configure_logging, correlation_id
 from shared.metrics import ScrapeGauge, ScrapeTimeGauges, init_http_metrics, metrics_response
-from shared.relay import pending_count
+from shared.relay import oldest_pending_seconds, pending_count
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,22 @@ class ServiceApi(Api):
 
 
 class BrokerProbe:
-    """Checks that RabbitMQ answers, remembering the answer for a few seconds."""
+    """Checks that RabbitMQ answers, remembering the answer for a few seconds.
 
-    def __init__(self, url: str, cache_seconds: float = 3.0) -> None:
+    With ``topology`` (a service that consumes events), the check declares the service's
+    exchange, queues and bindings as configured: a queue the broker holds with other arguments
+    makes the service not ready, with the queue and the broker's reason in the answer.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        cache_seconds: float = 3.0,
+        topology: Callable[[], str | None] | None = None,
+    ) -> None:
         self.url = url
         self.cache_seconds = cache_seconds
+        self.topology = topology
         self._checked_at = 0.0
         self._error: str | None = None
 
@@ -61,8 +74,12 @@ class BrokerProbe:
         params.connection_attempts = 1
         params.blocked_connection_timeout = 2
         try:
-            pika.BlockingConnection(params).close()
-            self._error = None
+            if self.topology is not None:
+                conflict = self.topology()
+                self._error = f"broker: configuration error: {conflict}" if conflict else None
+            else:
+                pika.BlockingConnection(params).close()
+                self._error = None
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             self._error = f"broker: {type(exc).__name__}"
         self._checked_at = now
@@ -75,8 +92,12 @@ def create_service_app(
     *,
     title: str,
     scrape_gauges: list[ScrapeGauge] | None = None,
+    subscriptions: Mapping[str, Handler] | None = None,
 ) -> tuple[Flask, Api]:
-    """A Flask app with everything every Service365 web process has."""
+    """A Flask app with everything every Service365 web process has.
+
+    ``subscriptions`` (the service's table of event handlers) lets ``/readyz`` check that the
+    service's queues can be declared as configured."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     app = Flask(settings.service_name)
     app.config.update(
@@ -142,14 +163,25 @@ def create_service_app(
             "set JWT_PUBLIC_KEY_FILE or run `make keys`"
         )
 
-    broker = BrokerProbe(settings.rabbitmq_url)
+    topology = None
+    if subscriptions:
+        from shared.worker import consumer_for
+
+        topology = consumer_for(settings, db, subscriptions).check_topology
+    broker = BrokerProbe(settings.rabbitmq_url, topology=topology)
     app.extensions["broker_probe"] = broker
+    has_outbox = "outbox" in db.metadata.tables
     gauges = ScrapeTimeGauges(
         [
             ScrapeGauge(
                 "outbox_pending",
                 "Outbox rows not yet confirmed by the broker",
-                lambda: pending_count(db) if "outbox" in db.metadata.tables else None,
+                lambda: pending_count(db) if has_outbox else None,
+            ),
+            ScrapeGauge(
+                "outbox_oldest_pending_seconds",
+                "Age of the oldest outbox row not yet confirmed (0 when none waits)",
+                lambda: oldest_pending_seconds(db) if has_outbox else None,
             ),
             *list(scrape_gauges or []),
         ],

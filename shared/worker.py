@@ -1,6 +1,10 @@
-"""The ``worker`` process of a service: the outbox relay in a thread, the consumer in the main one.
+"""The ``worker`` process of a service: the outbox relay and the retention purge in threads, the
+consumer in the main one.
 
-Each loop has its own broker connection (pika connections are not thread-safe). SIGTERM or
+The relay starts at once and runs whatever the consumer's state (a broker that refuses the
+consumer's queues, a database outage): an event this service sends before its own queue is bound
+is returned as unroutable and stays pending until it can be routed. Each loop has its own broker
+connection (pika connections are not thread-safe). SIGTERM or
 SIGINT sets one stop event; both loops finish their current batch or message and close. When the
 broker does not answer, each loop says so in one line and keeps retrying with backoff instead of
 crashing, so ``docker compose up`` or ``make run`` may start workers before RabbitMQ is ready.
@@ -21,9 +25,9 @@ import threading
 from collections.abc import Mapping
 from types import FrameType
 
+from shared import retention
 from shared.consumer import Consumer, Handler
 from shared.db import Database
-from shared.metrics import clean_stale_files
 from shared.relay import OutboxRelay, describe_broker
 from shared.settings import ServiceSettings
 
@@ -43,16 +47,39 @@ def consumer_for(
         prefetch=settings.consumer_prefetch,
         max_attempts=settings.consumer_max_attempts,
         retry_delays_ms=settings.consumer_retry_delays_ms,
+        delivery_limit=settings.consumer_delivery_limit,
+    )
+
+
+def relay_for(settings: ServiceSettings, db: Database) -> OutboxRelay:
+    """The service's outbox relay, configured from its settings."""
+    return OutboxRelay(
+        db,
+        settings.rabbitmq_url,
+        settings.events_exchange,
+        service=settings.service_name,
+        batch_size=settings.relay_batch_size,
+        poll_seconds=settings.relay_poll_seconds,
+        unroutable_retry_initial=settings.relay_unroutable_retry_seconds,
+        unroutable_retry_max=settings.relay_unroutable_retry_max_seconds,
+    )
+
+
+def retention_policy(settings: ServiceSettings) -> retention.RetentionPolicy:
+    return retention.RetentionPolicy(
+        outbox_days=settings.outbox_retention_days,
+        inbox_days=settings.inbox_retention_days,
+        batch_size=settings.retention_batch_size,
     )
 
 
 def declare_queues(
     settings: ServiceSettings, db: Database, subscriptions: Mapping[str, Handler] | None
 ) -> None:
-    """Create the service's queues and bindings now (before anyone publishes what it consumes):
-    the broker drops a message that matches no queue."""
+    """Create the service's queues and bindings now (before anyone publishes what it consumes);
+    an empty main queue declared with older arguments is re-created with today's."""
     if subscriptions:
-        consumer_for(settings, db, subscriptions).declare()
+        consumer_for(settings, db, subscriptions).upgrade_main_queue()
 
 
 def run_worker(
@@ -68,7 +95,6 @@ def run_worker(
     ``stop`` lets a test drive the worker from another thread; signal handlers are installed only
     when called from the main thread.
     """
-    clean_stale_files()
     # pika logs every failed connection attempt at ERROR, with tracebacks; our loops log one line
     # per outage instead, so its own lines would only repeat them.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
@@ -85,38 +111,34 @@ def run_worker(
         ", ".join(sorted(subscriptions)) or "nothing",
         "on" if relay else "off",
     )
-    relay_thread: threading.Thread | None = None
+    threads: list[threading.Thread] = []
 
-    def start_relay() -> None:
-        # Started once the consumer's queue is bound, so that on a first start the events this
-        # service sends to itself are not published before their queue exists.
-        nonlocal relay_thread
-        if not relay or relay_thread is not None:
-            return
-        outbox_relay = OutboxRelay(
-            db,
-            settings.rabbitmq_url,
-            settings.events_exchange,
-            service=service,
-            batch_size=settings.relay_batch_size,
-            poll_seconds=settings.relay_poll_seconds,
-        )
-        relay_thread = threading.Thread(
-            target=outbox_relay.run_forever, args=(stop,), name=f"{service}-outbox-relay"
-        )
-        relay_thread.start()
+    def start(name: str, target, *args, **kwargs) -> None:
+        thread = threading.Thread(target=target, args=args, kwargs=kwargs, name=name)
+        thread.start()
+        threads.append(thread)
 
     try:
+        if relay:
+            start(f"{service}-outbox-relay", relay_for(settings, db).run_forever, stop)
+        start(
+            f"{service}-retention",
+            retention.run_forever,
+            db,
+            retention_policy(settings),
+            stop,
+            service=service,
+            interval_seconds=settings.retention_interval_seconds,
+        )
         if subscriptions:
-            consumer_for(settings, db, subscriptions).run_forever(stop, on_connected=start_relay)
+            consumer_for(settings, db, subscriptions).run_forever(stop)
         else:
-            start_relay()
             while not stop.wait(1.0):
                 pass
     finally:
         stop.set()
-        if relay_thread is not None:
-            relay_thread.join(timeout=60)
+        for thread in threads:
+            thread.join(timeout=60)
         log.info("%s worker: stopped", service)
 
 

@@ -83,7 +83,12 @@ def test_declare_builds_a_quorum_queue_with_retry_queues_and_a_dlq(
     broker.publish(envelope(), "issue.reported")
     broker.publish(envelope("issue.rated"), "issue.rated")  # not subscribed: not bound
     wait_for(lambda: broker.depth(f"{service}.events") == 1)
-    for name in (f"{service}.events.retry.1", f"{service}.events.retry.2", f"{service}.events.dlq"):
+    # Retry queues carry their delay in their name (a new setting declares new queues).
+    for name in (
+        f"{service}.events.retry.50ms",
+        f"{service}.events.retry.100ms",
+        f"{service}.events.dlq",
+    ):
         assert broker.depth(name) == 0
     # The main queue is a quorum queue: redeclaring it as a classic queue is refused.
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:

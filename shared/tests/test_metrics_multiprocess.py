@@ -1,4 +1,5 @@
-"""/metrics adds up every gunicorn worker of a service, also after one is killed and respawned.
+"""/metrics adds up every gunicorn worker of a service, also after one is killed and respawned;
+counts of processes that are gone stay in the totals, their live gauges do not.
 
 A real gunicorn runs the tiny service with the shared conf and 2 workers. To be sure both workers
 answer, one request is held inside a worker (it writes ``<token>.held`` and waits for
@@ -57,14 +58,20 @@ class Gunicorn:
         )
 
     def requests_total(self, route: str) -> float:
-        text = self.get("/metrics").text
         return sum(
             sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "http_requests"
-            for sample in family.samples
-            if sample.name == "http_requests_total" and sample.labels.get("route") == route
+            for sample in self.samples("http_requests_total")
+            if sample.labels.get("route") == route
         )
+
+    def samples(self, name: str) -> list:
+        text = self.get("/metrics").text
+        return [
+            sample
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
 
     def serve_with_both_workers(self, count: int) -> set[int]:
         """Send ``count`` requests to ROUTE so that both workers answer; return their pids."""
@@ -110,7 +117,7 @@ def gunicorn(tmp_path, postgres_server, monkeypatch) -> Iterator[Gunicorn]:
         "WEB_CONCURRENCY": "2",
         "LOG_FORMAT": "text",
     }
-    _leave_a_stale_counter_file(env)
+    _leave_files_of_a_dead_process(env)
     # The same command line `python -m <service> web` execs, built by shared.cli.
     for name in ("SERVICE365_VAR_DIR", "WEB_CONCURRENCY"):
         monkeypatch.setenv(name, env[name])
@@ -142,14 +149,20 @@ def _answers(server: Gunicorn) -> bool:
         return False
 
 
-def _leave_a_stale_counter_file(env: dict[str, str]) -> None:
-    """A process that counted 1000 requests and died: gunicorn's on_starting must drop it."""
+DEAD_COUNTS = 1000
+
+
+def _leave_files_of_a_dead_process(env: dict[str, str]) -> None:
+    """A process (a worker, an earlier web worker) counted 1000 requests, said it was connected
+    to the broker, and died: its counts stay in the totals, its live gauge must not."""
     code = (
-        "from shared.metrics import HTTP_REQUESTS as c; "
-        f"c.labels('tiny', 'GET', {ROUTE!r}, '200').inc(1000)"
+        "from shared.metrics import HTTP_REQUESTS as c, BROKER_CONNECTED as g; "
+        f"c.labels('tiny', 'GET', {ROUTE!r}, '200').inc({DEAD_COUNTS}); "
+        "g.labels('tiny', 'consumer').set(1)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, check=True)
-    assert list(Path(env["PROMETHEUS_MULTIPROC_DIR"]).glob("counter_*.db"))
+    folder = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    assert list(folder.glob("counter_*.db")) and list(folder.glob("gauge_livemax_*.db"))
 
 
 def test_request_counts_add_up_across_both_workers(gunicorn):
@@ -157,7 +170,37 @@ def test_request_counts_add_up_across_both_workers(gunicorn):
 
     assert pids == gunicorn.worker_pids()
     assert len(pids) == 2
-    assert gunicorn.requests_total(ROUTE) == 10
+    assert gunicorn.requests_total(ROUTE) == DEAD_COUNTS + 10
+
+
+def test_a_dead_process_keeps_its_counts_but_not_its_live_gauges(gunicorn):
+    assert gunicorn.requests_total(ROUTE) == DEAD_COUNTS
+    assert [s.value for s in gunicorn.samples("broker_connected")] == []
+    folder = gunicorn.hold_dir.parent / "metrics"
+    assert not list(folder.glob("gauge_livemax_*.db"))  # gunicorn's on_starting removed it
+
+
+def test_a_worker_process_starting_beside_the_web_does_not_make_its_totals_go_down(
+    gunicorn, tmp_path
+):
+    victim = next(iter(gunicorn.serve_with_both_workers(10)))
+    os.kill(victim, signal.SIGKILL)  # its counter file now belongs to a dead process
+    wait_for(lambda: victim not in gunicorn.worker_pids(), timeout=30)
+    before = gunicorn.requests_total(ROUTE)
+    # The service's worker starts (as after a crash under `make run`) in the same folder.
+    code = (
+        "import threading\n"
+        "from shared.db import Database\n"
+        "from shared.settings import ServiceSettings\n"
+        "from shared.tests.conftest import metadata\n"
+        "from shared.worker import run_worker\n"
+        "stop = threading.Event(); stop.set()\n"
+        "db = Database('sqlite://', metadata=metadata, producer='tiny')\n"
+        "run_worker(ServiceSettings(service_name='tiny'), db, None, stop=stop)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, check=True)
+    assert gunicorn.requests_total(ROUTE) == before == DEAD_COUNTS + 10
 
 
 def test_counts_survive_a_worker_killed_with_sigkill_and_keep_adding_up(gunicorn):
@@ -169,10 +212,10 @@ def test_counts_survive_a_worker_killed_with_sigkill_and_keep_adding_up(gunicorn
         lambda: victim not in gunicorn.worker_pids() and len(gunicorn.worker_pids()) == 2,
         timeout=30,
     )
-    assert gunicorn.requests_total(ROUTE) == 10
+    assert gunicorn.requests_total(ROUTE) == DEAD_COUNTS + 10
 
     second = gunicorn.serve_with_both_workers(6)
 
     assert victim not in second
     assert second == gunicorn.worker_pids()
-    assert gunicorn.requests_total(ROUTE) == 16
+    assert gunicorn.requests_total(ROUTE) == DEAD_COUNTS + 16

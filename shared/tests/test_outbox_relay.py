@@ -108,6 +108,7 @@ def test_relay_sends_rows_written_while_the_broker_was_down(
 def test_run_once_raises_broker_unavailable_and_keeps_rows_pending_when_nobody_listens(
     db: Database, broker: Broker, rabbit_server: RabbitServer
 ) -> None:
+    broker.tap()
     write_events(db, 3)
     with TcpProxy(rabbit_server.host, rabbit_server.port) as proxy:
         url = proxy.rewrite(broker.url)
@@ -164,3 +165,65 @@ def test_a_second_relay_copy_does_not_resend_a_row_another_is_sending(
     assert sorted(delivered) == sorted(ids)  # exactly once each
     assert relays[0].sent_total > 0 and relays[1].sent_total > 0  # both really worked
     assert relays[0].sent_total + relays[1].sent_total == 600
+
+
+# -- an event no queue is bound for --------------------------------------------------------------
+
+
+def test_an_event_nobody_is_bound_to_stays_pending_with_its_reason_and_is_sent_once_bound(
+    db: Database, broker: Broker, service: str
+) -> None:
+    [lonely] = write_events(db, 1, "issue.nobody_listens")
+    routed = write_events(db, 2, "issue.reported")
+    broker.tap("reports", routing_key="issue.reported")
+    relay = make_relay(db, broker.url, service, unroutable_retry_initial=0.2)
+    try:
+        assert relay.run_once() == 2  # the routable ones go; the lonely one is not "sent"
+        rows = {str(row.id): row for row in outbox_rows(db)}
+        assert rows[lonely].sent_at is None
+        assert "unroutable" in rows[lonely].last_error and "NO_ROUTE" in rows[lonely].last_error
+        assert rows[lonely].next_attempt_at is not None
+        assert all(rows[i].sent_at is not None for i in routed)
+        assert pending_count(db) == 1
+        unrouted = {"service": service}
+        assert REGISTRY.get_sample_value("events_unrouted_total", unrouted) == 1
+        assert relay.run_once() == 0  # not tried again before its next_attempt_at
+
+        late = broker.tap("late", routing_key="issue.nobody_listens")  # a consumer comes
+        wait_for(lambda: relay.run_once() == 1, timeout=5)
+    finally:
+        relay.close()
+    assert pending_count(db) == 0
+    [(props, _body)] = broker.drain(late)
+    assert props.message_id == lonely
+    assert broker.depth("reports") == 2
+
+
+def test_a_batch_of_unroutable_rows_does_not_hold_up_the_rows_behind_it(
+    db: Database, broker: Broker
+) -> None:
+    write_events(db, 5, "issue.nobody_listens")
+    routed = write_events(db, 3, "issue.reported")
+    tap = broker.tap("reports", routing_key="issue.reported")
+    relay = make_relay(db, broker.url, batch_size=5, unroutable_retry_initial=60)
+    try:
+        assert relay.run_once() == 0  # the first batch is all unroutable
+        assert relay.run_once() == 3  # the next one takes the rows behind it
+    finally:
+        relay.close()
+    assert sorted(p.message_id for p, _ in broker.drain(tap)) == sorted(routed)
+    assert pending_count(db) == 5
+
+
+def test_the_oldest_pending_age_is_zero_when_nothing_waits_and_grows_with_a_waiting_row(
+    db: Database,
+) -> None:
+    from shared.relay import oldest_pending_seconds
+
+    assert oldest_pending_seconds(db) == 0.0
+    write_events(db, 1)
+    with db.transaction() as session:
+        session.execute(
+            sa.update(outbox).values(created_at=sa.func.now() - sa.text("'90 s'::interval"))
+        )
+    assert 89 <= oldest_pending_seconds(db) < 120

@@ -42,10 +42,13 @@ def create_app(settings: DispatchSettings | None = None) -> Flask:
     """Build the dispatch web app; nothing connects until the first request needs it."""
     settings = settings or load_settings(DispatchSettings)
     db = make_database(settings)
+    from dispatch.handlers import SUBSCRIPTIONS
+
     app, api = create_service_app(
         settings,
         db,
         title="Service365 dispatch 网格化管理",
+        subscriptions=SUBSCRIPTIONS,
         scrape_gauges=[
             ScrapeGauge("issues_overdue", "Open work items past their deadline", _overdue(db)),
             ScrapeGauge(

@@ -10,7 +10,6 @@ from dispatch.app import make_database
 from dispatch.settings import DispatchSettings
 from shared.cli import Command
 from shared.logging import configure_logging
-from shared.metrics import clean_stale_files
 
 
 def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +23,6 @@ def run_scheduler(args: argparse.Namespace, settings: DispatchSettings) -> int:
     from dispatch import scheduler
 
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    clean_stale_files()
     db = make_database(settings)
     try:
         if args.once:

@@ -24,7 +24,11 @@ def create_app(settings: IntakeSettings | None = None) -> Flask:
     """Build the intake web app; nothing connects until the first request needs it."""
     settings = settings or load_settings(IntakeSettings)
     db = make_database(settings)
-    app, api = create_service_app(settings, db, title="Service365 intake 受理网关")
+    from intake.handlers import SUBSCRIPTIONS
+
+    app, api = create_service_app(
+        settings, db, title="Service365 intake 受理网关", subscriptions=SUBSCRIPTIONS
+    )
     if not settings.private_key_path.exists():
         raise SystemExit(
             f"找不到令牌私钥 / JWT private key not found at {settings.private_key_path}: "
