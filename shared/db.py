@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -202,6 +202,31 @@ class Database:
         if self._engine is not None:
             self._engine.dispose()
         self._engine = None
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the session's current transaction has committed (never on rollback).
+
+    Why: a business counter (``issues_reported_total``) must count what was stored, not what
+    was attempted; a failed commit would otherwise count a report that does not exist.
+    """
+
+    pending = session.info.get("after_commit")
+    if pending is None:
+        pending = session.info["after_commit"] = []
+        event.listen(session, "after_commit", _run_after_commit)
+        event.listen(session, "after_soft_rollback", _forget_after_commit)
+    pending.append(callback)
+
+
+def _run_after_commit(session: Session) -> None:
+    callbacks, session.info["after_commit"] = session.info.get("after_commit", []), []
+    for callback in callbacks:
+        callback()
+
+
+def _forget_after_commit(session: Session, _previous_transaction: object) -> None:
+    session.info["after_commit"] = []
 
 
 def new_id() -> uuid.UUID:
