@@ -72,6 +72,8 @@ ACTIONS: dict[str, str] = {
     "resolve": "办结",
     "escalate": "升级",
     "rate": "评价",
+    "rate_late": "自动关闭后评价",
+    "rating_not_applied": "评价未采纳",
     "close": "关闭",
     "auto_close": "超期未评价自动关闭",
     "reopen": "重新办理",
@@ -90,6 +92,9 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     "resolve": {"in_progress": "resolved"},
     "escalate": {s: s for s in OPEN_STATES},
     "rate": {"resolved": "closed"},  # or "reopened" when unsatisfied
+    # A rating of the resolution an item was auto-closed on (only while unrated): it is kept on
+    # the closed item, or, unsatisfied, reopens it (DESIGN.md: "unsatisfied reopens it even then").
+    "rate_late": {"closed": "closed"},
     "auto_close": {"resolved": "closed"},
     "reopen": {"resolved": "reopened", "closed": "reopened"},
     "callback": {"closed": "closed"},  # or "reopened" when it fails
@@ -292,6 +297,7 @@ def resolve(
     item.resolution_note = text
     item.resolution_photo_ids = [str(m) for m in media_ids]
     item.resolution_count = (item.resolution_count or 0) + 1
+    item.rating = None  # a rating belongs to one resolution: the new one is not rated yet
     return _step(
         item,
         "resolve",
@@ -369,7 +375,7 @@ def reopen(
     if reason not in REOPEN_REASONS:
         raise Invalid("未知的重新办理原因。", code="invalid_reason")
     allowed_from = {
-        "unsatisfied": {"resolved"},
+        "unsatisfied": {"resolved", "closed"},
         "callback_failed": {"closed"},
         "admin": {"resolved", "closed"},
     }[reason]
@@ -419,6 +425,46 @@ def rate(
     item.closed_at = now
     item.callback_status = "pending" if item.ever_unsatisfied else None
     return _step(item, "rate", to_state, note=comment, details={"rating": rating})
+
+
+def rate_after_auto_close(
+    item: WorkItem,
+    *,
+    rating: str,
+    comment: str | None,
+    reopen_due_at: datetime,
+    area_leader_id: uuid.UUID | None,
+) -> Step:
+    """A rating of the resolution the item was auto-closed on: unsatisfied reopens it with the
+    area leader following; (basically) satisfied is kept on the closed item."""
+    if rating not in RATINGS:
+        raise Invalid("未知的评价结果。", code="invalid_rating")
+    if not was_auto_closed_unrated(item):
+        raise refuse("rate", item.state)
+    item.rating = rating
+    if rating == "unsatisfied":
+        step = reopen(
+            item,
+            reason="unsatisfied",
+            due_at=reopen_due_at,
+            area_leader_id=area_leader_id,
+            note=comment or REOPEN_REASONS["unsatisfied"],
+        )
+        step.details.update({"rating": rating, "after_auto_close": True})
+        return step
+    to_state = target_state("rate_late", item.state)
+    return _step(
+        item,
+        "rate_late",
+        to_state,
+        note=comment,
+        details={"rating": rating, "after_auto_close": True},
+    )
+
+
+def was_auto_closed_unrated(item: WorkItem) -> bool:
+    """Closed without a rating of its latest resolution: only ``auto_close`` does that."""
+    return item.state == "closed" and item.rating is None and (item.resolution_count or 0) > 0
 
 
 def auto_close(item: WorkItem, *, now: datetime) -> Step:

@@ -6,7 +6,8 @@ transaction that records the event id, so a redelivery changes nothing.
 
 Published by dispatch (``services.py``, ``organisation.py``, ``scheduler.py``): issue.assigned,
 issue.started, issue.escalated, issue.overdue, issue.reminder_due, issue.resolved,
-issue.reopened, issue.closed, issue.rejected, issue.callback_recorded, village.upserted.
+issue.reopened, issue.closed, issue.rejected, issue.callback_recorded (each with
+``issue_version`` and ``snapshot``: ``services.emit_issue``), village.upserted (with ``revision``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RatedData(_Tolerant):
     rating = fields.String(required=True)
     comment = fields.String(load_default=None, allow_none=True)
     rated_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    resolution_no = fields.Integer(load_default=None, allow_none=True)
 
 
 class AccountData(_Tolerant):
@@ -60,6 +62,7 @@ class AccountData(_Tolerant):
     phone = fields.String(load_default=None, allow_none=True)
     village_id = fields.UUID(load_default=None, allow_none=True)
     active = fields.Boolean(load_default=True)
+    revision = fields.Integer(load_default=None, allow_none=True)
 
 
 _settings: DispatchSettings | None = None
@@ -87,7 +90,10 @@ def handle_issue_reported(session: Session, event: Envelope) -> None:
 
 
 def handle_issue_rated(session: Session, event: Envelope) -> None:
-    """(Basically) satisfied closes the item; unsatisfied sends it back with the area leader."""
+    """(Basically) satisfied closes the item; unsatisfied sends it back with the area leader.
+
+    A rating naming another resolution than the current one is recorded, not applied.
+    """
     data = RatedData().load(event.data)
     try:
         services.apply_rating(
@@ -97,6 +103,7 @@ def handle_issue_rated(session: Session, event: Envelope) -> None:
             rating=data["rating"],
             comment=data["comment"],
             reporter_id=data["reporter_id"],
+            resolution_no=data["resolution_no"],
         )
     except Conflict as exc:
         # A rating the life cycle cannot take (already closed by the scheduler, say): no retry
@@ -105,7 +112,8 @@ def handle_issue_rated(session: Session, event: Envelope) -> None:
 
 
 def handle_account_upserted(session: Session, event: Envelope) -> None:
-    """Keep the names and roles of staff (and residents: cheap, and roles may change)."""
+    """Keep the names and roles of staff (and residents: cheap, and roles may change); an
+    older or equal ``revision`` than the one held is ignored."""
     services.upsert_staff(session, AccountData().load(event.data))
 
 

@@ -41,6 +41,9 @@ class Staff(Base):
     roles: Mapped[list] = mapped_column(default=list)
     village_id: Mapped[uuid.UUID | None]
     active: Mapped[bool] = mapped_column(default=True)
+    # The account's ``revision`` in intake's last applied ``account.upserted``; None: not known
+    # (a row from before revisions, or made here), so any snapshot is taken.
+    revision: Mapped[int | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -53,6 +56,8 @@ class Village(Base):
     code: Mapped[str | None] = mapped_column(sa.String(16), unique=True)
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
     area_leader_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    # Grows by one with each ``village.upserted``, so that consumers drop an older snapshot.
+    revision: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -20,6 +20,8 @@ from shared.events import emit
 
 
 def _announce_village(session: Session, village: Village) -> None:
+    """Announce the village's new state with the next ``revision`` (consumers drop older ones)."""
+    village.revision = (village.revision or 0) + 1
     session.flush()
     emit(
         session,
@@ -29,6 +31,7 @@ def _announce_village(session: Session, village: Village) -> None:
             "name": village.name,
             "code": village.code,
             "area_leader_id": village.area_leader_id,
+            "revision": village.revision,
         },
     )
 

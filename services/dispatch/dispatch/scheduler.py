@@ -28,7 +28,6 @@ from dispatch.models import DeadlineMark, Issue, IssueHistory, Village
 from dispatch.settings import DispatchSettings
 from shared.clock import utcnow
 from shared.db import Database
-from shared.events import emit
 
 log = logging.getLogger("dispatch.scheduler")
 
@@ -103,8 +102,9 @@ def remind_batch(session: Session, settings: DispatchSettings, now: datetime) ->
         if not _claim_mark(session, issue.id, issue.due_at, "remind", now):
             continue
         _note(session, issue, "remind", "办理时限将到，已提醒办理人。", now)
-        emit(
+        services.emit_issue(
             session,
+            issue,
             "issue.reminder_due",
             {
                 "issue_id": issue.id,
@@ -132,8 +132,9 @@ def overdue_batch(session: Session, settings: DispatchSettings, now: datetime) -
         if not _claim_mark(session, issue.id, issue.due_at, "overdue", now):
             continue
         _note(session, issue, "overdue", "已超过办理时限，已通知办理人和网格长。", now)
-        emit(
+        services.emit_issue(
             session,
+            issue,
             "issue.overdue",
             {
                 "issue_id": issue.id,

@@ -7,6 +7,7 @@ in the caller's transaction.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from dispatch import domain
+from dispatch.metrics import RATINGS_NOT_APPLIED
 from dispatch.models import (
     Callback,
     Department,
@@ -37,6 +40,8 @@ from shared.clock import SHANGHAI, utcnow
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.events import emit
 from shared.pagination import keyset_page
+
+log = logging.getLogger("dispatch.services")
 
 WORKER_ROLES = frozenset({"grid_worker", "grid_leader"})
 
@@ -105,6 +110,15 @@ def _may_act(issue: Issue, actor: Principal) -> bool:
     return actor.has("admin") or actor.id in (issue.assignee_id, issue.handler_id)
 
 
+def _capacity(issue: Issue, actor: Principal) -> str:
+    """``assignee``, ``handler`` (the holder at township/area-leader/county level) or ``admin``."""
+    if actor.id == issue.assignee_id:
+        return "assignee"
+    if actor.id == issue.handler_id:
+        return "handler"
+    return "admin"
+
+
 def _require_holder(issue: Issue, actor: Principal) -> None:
     if not _may_act(issue, actor):
         raise Forbidden("只有该事项的办理人或管理员可以操作。", code="not_your_task")
@@ -153,11 +167,20 @@ def receive_report(session: Session, data: dict[str, Any]) -> Issue | None:
 
 
 def upsert_staff(session: Session, data: dict[str, Any]) -> Staff:
-    """Keep the names and roles of an account (from ``account.upserted``)."""
+    """Keep the names and roles of an account (from ``account.upserted``).
+
+    A snapshot whose ``revision`` is not newer than the one held is stale (retries reorder
+    events): it is ignored, so that an old "active" never undoes a later disabling.
+    """
     staff = session.get(Staff, data["user_id"], with_for_update=True)
+    revision = data.get("revision")
     if staff is None:
         staff = Staff(id=data["user_id"])
         session.add(staff)
+    elif revision is not None and staff.revision is not None and revision <= staff.revision:
+        return staff
+    if revision is not None:
+        staff.revision = revision
     staff.name = data.get("name") or ""
     staff.phone = data.get("phone")
     staff.roles = sorted(set(data.get("roles") or []))
@@ -174,26 +197,99 @@ def apply_rating(
     rating: str,
     comment: str | None,
     reporter_id: uuid.UUID | None,
+    resolution_no: int | None = None,
     now: datetime | None = None,
 ) -> Issue:
-    """The resident's rating: closes the item, or reopens it with the area leader following."""
+    """The resident's rating of one resolution: closes the item, or reopens it with the area
+    leader following (also after an auto-close). A rating of another resolution, or one the
+    item's state does not take, is recorded in the history and counted, and changes nothing.
+
+    ``resolution_no`` None (an intake from before ratings named their resolution): the rating
+    applies to a resolved item as it always did, and a Conflict says when it cannot.
+    """
     now = now or utcnow()
     issue = get_issue(session, issue_id, lock=True)
-    area_leader_id = _area_leader_of(session, issue.village_id)
-    step = domain.rate(
-        issue,
-        rating=rating,
-        comment=comment,
-        now=now,
-        reopen_due_at=now + timedelta(hours=settings.reopen_due_hours),
-        area_leader_id=area_leader_id,
-    )
     actor = Principal(id=reporter_id or issue.reporter_id, name="群众")
+    if resolution_no is not None and resolution_no != issue.resolution_count:
+        reason = (
+            "stale_resolution" if resolution_no < issue.resolution_count else "unknown_resolution"
+        )
+        return _rating_not_applied(session, issue, actor, rating, resolution_no, reason, now)
+    reopen_due_at = now + timedelta(hours=settings.reopen_due_hours)
+    area_leader_id = _area_leader_of(session, issue.village_id)
+    try:
+        if resolution_no is not None and domain.was_auto_closed_unrated(issue):
+            step = domain.rate_after_auto_close(
+                issue,
+                rating=rating,
+                comment=comment,
+                reopen_due_at=reopen_due_at,
+                area_leader_id=area_leader_id,
+            )
+        else:
+            step = domain.rate(
+                issue,
+                rating=rating,
+                comment=comment,
+                now=now,
+                reopen_due_at=reopen_due_at,
+                area_leader_id=area_leader_id,
+            )
+    except Conflict:
+        if resolution_no is None:
+            raise
+        return _rating_not_applied(session, issue, actor, rating, resolution_no, "wrong_state", now)
+    step.details["resolution_no"] = issue.resolution_count
     record(session, issue, step, actor, now)
-    if step.to_state == "closed":
-        _emit_closed(session, issue)
-    else:
+    if step.to_state == "reopened":
         _emit_reopened(session, issue, "unsatisfied")
+    elif step.action == "rate":
+        _emit_closed(session, issue)
+    # rate_late: the rating is kept on the item that is already closed; nothing to announce.
+    return issue
+
+
+RATING_NOT_APPLIED_REASONS: dict[str, str] = {
+    "stale_resolution": "评价针对的是此前的办理结果，未采纳",
+    "unknown_resolution": "评价针对的办理结果尚不存在，未采纳",
+    "wrong_state": "事项当前状态不接受该评价，未采纳",
+}
+
+
+def _rating_not_applied(
+    session: Session,
+    issue: Issue,
+    actor: Principal,
+    rating: str,
+    resolution_no: int,
+    reason: str,
+    now: datetime,
+) -> Issue:
+    """Keep a rating the item cannot take in its history (no state change, no event)."""
+    step = domain.Step(
+        "rating_not_applied",
+        issue.state,
+        issue.state,
+        issue.level,
+        issue.level,
+        note=RATING_NOT_APPLIED_REASONS[reason],
+        details={
+            "reason": reason,
+            "rating": rating,
+            "resolution_no": resolution_no,
+            "current_resolution_no": issue.resolution_count,
+        },
+    )
+    record(session, issue, step, actor, now)
+    RATINGS_NOT_APPLIED.labels("dispatch", reason).inc()
+    log.warning(
+        "rating of resolution %s of %s not applied (%s; current resolution %s, state %s)",
+        resolution_no,
+        issue.id,
+        reason,
+        issue.resolution_count,
+        issue.state,
+    )
     return issue
 
 
@@ -271,8 +367,9 @@ def assign(
     issue.assigned_by = actor.id
     step.details["assignee_name"] = assignee.name
     record(session, issue, step, actor, now)
-    emit(
+    emit_issue(
         session,
+        issue,
         "issue.assigned",
         {
             "issue_id": issue.id,
@@ -305,8 +402,9 @@ def reject(
     _check_expected(issue, version)
     step = domain.reject(issue, reason=reason)
     record(session, issue, step, actor, now)
-    emit(
+    emit_issue(
         session,
+        issue,
         "issue.rejected",
         {
             "issue_id": issue.id,
@@ -363,7 +461,9 @@ def start(
     _check_expected(issue, version)
     step = domain.start(issue, now=now)
     record(session, issue, step, actor, now)
-    emit(session, "issue.started", {"issue_id": issue.id, "assignee_id": issue.assignee_id})
+    emit_issue(
+        session, issue, "issue.started", {"issue_id": issue.id, "assignee_id": issue.assignee_id}
+    )
     return issue
 
 
@@ -411,12 +511,17 @@ def resolve(
     if entry is not None and entry.status != "solved":
         entry.status = "solved"
         entry.updated_at = now
-    emit(
+    emit_issue(
         session,
+        issue,
         "issue.resolved",
         {
             "issue_id": issue.id,
             "assignee_id": issue.assignee_id,
+            # Points go to whoever resolved it (DESIGN.md), in the capacity they acted in.
+            "resolver_id": actor.id,
+            "resolver_role": _capacity(issue, actor),
+            "level": issue.level,
             "reporter_id": issue.reporter_id,
             "difficulty": issue.difficulty,
             "due_at": issue.due_at,
@@ -488,8 +593,9 @@ def escalate(
         )
         step.details["ledger_no"] = ledger.ledger_no
     record(session, issue, step, actor, now)
-    emit(
+    emit_issue(
         session,
+        issue,
         "issue.escalated",
         {
             "issue_id": issue.id,
@@ -687,8 +793,9 @@ def record_callback(
     )
     session.add(callback)
     record(session, issue, step, actor, now)
-    emit(
+    emit_issue(
         session,
+        issue,
         "issue.callback_recorded",
         {
             "issue_id": issue.id,
@@ -830,9 +937,75 @@ def village_names(session: Session) -> dict[uuid.UUID, str]:
 # --- events out --------------------------------------------------------------------------------
 
 
-def _emit_closed(session: Session, issue: Issue, *, auto: bool = False) -> None:
+def snapshot(session: Session, issue: Issue) -> dict[str, Any]:
+    """The resident-facing state of the item after a step, carried by every ``issue.*`` event so
+    that a consumer can take the newest one whole (retries reorder events; DESIGN.md)."""
+    handler_name: str | None = None
+    if issue.level == "county" and issue.department_id is not None:
+        department = session.get(Department, issue.department_id)
+        handler_name = department.name if department else None
+    elif issue.level != "grid" and issue.handler_id is not None:
+        handler_name = _staff_name(session, issue.handler_id)
+    return {
+        "state": issue.state,
+        "level": issue.level,
+        "assignee_id": issue.assignee_id,
+        "assignee_name": _staff_name(session, issue.assignee_id),
+        "handler_id": issue.handler_id,
+        "handler_name": handler_name,
+        "follower_id": issue.follower_id,
+        "follower_name": _staff_name(session, issue.follower_id),
+        "due_at": issue.due_at,
+        "resolution_no": issue.resolution_count,
+        "resolution_note": issue.resolution_note,
+        "resolution_photo_ids": list(issue.resolution_photo_ids or []),
+        "resolved_at": issue.resolved_at,
+        "rating": issue.rating,
+        "closed_at": issue.closed_at,
+        "reject_reason": issue.reject_reason,
+    }
+
+
+def _staff_name(session: Session, user_id: uuid.UUID | None) -> str | None:
+    if user_id is None:
+        return None
+    staff = session.get(Staff, user_id)
+    return (staff.name or None) if staff else None
+
+
+def emit_issue(session: Session, issue: Issue, event_type: str, data: dict[str, Any]) -> None:
+    """Write an ``issue.*`` event with the item's new ``issue_version`` and its ``snapshot``.
+
+    ``version`` (SQLAlchemy's ``version_id_col``) counts one up at each flush that changes the
+    row. A step that changed the row since the last announcement was flushed by then (maybe
+    already by an autoflush mid-step: counted once); a step that changed nothing of it (a
+    second event of one step, a callback that passed twice) is counted here, so that no two
+    events carry the same version.
+    """
+    session.flush()
+    if issue.version == getattr(issue, "_announced_version", None):
+        issue.updated_at = utcnow()
+        flag_modified(issue, "updated_at")
+        session.flush()
+    issue._announced_version = issue.version  # type: ignore[attr-defined]
     emit(
         session,
+        event_type,
+        {**data, "issue_version": issue.version, "snapshot": snapshot(session, issue)},
+    )
+
+
+@sa.event.listens_for(Issue, "load")
+@sa.event.listens_for(Issue, "refresh")
+def _remember_loaded_version(issue: Issue, *_args: Any) -> None:
+    """The version as read from the database: the last one announced before this step."""
+    issue._announced_version = issue.version  # type: ignore[attr-defined]
+
+
+def _emit_closed(session: Session, issue: Issue, *, auto: bool = False) -> None:
+    emit_issue(
+        session,
+        issue,
         "issue.closed",
         {
             "issue_id": issue.id,
@@ -846,8 +1019,9 @@ def _emit_closed(session: Session, issue: Issue, *, auto: bool = False) -> None:
 
 
 def _emit_reopened(session: Session, issue: Issue, reason: str) -> None:
-    emit(
+    emit_issue(
         session,
+        issue,
         "issue.reopened",
         {
             "issue_id": issue.id,

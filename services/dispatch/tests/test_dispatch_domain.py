@@ -85,6 +85,11 @@ def do(action: str, item: FakeIssue) -> domain.Step:
         return domain.rate(
             item, rating="satisfied", comment=None, now=NOW, reopen_due_at=due, area_leader_id=None
         )
+    if action == "rate_late":
+        item.resolution_count = 1  # closed with resolution 1 unrated: by the scheduler
+        return domain.rate_after_auto_close(
+            item, rating="satisfied", comment=None, reopen_due_at=due, area_leader_id=None
+        )
     if action == "auto_close":
         return domain.auto_close(item, now=NOW)
     if action == "callback":
@@ -109,6 +114,7 @@ EXPECTED = {
     "note": {s: s for s in ("assigned", "in_progress", "reopened")},
     "resolve": {"in_progress": "resolved"},
     "rate": {"resolved": "closed"},
+    "rate_late": {"closed": "closed"},
     "auto_close": {"resolved": "closed"},
     "callback": {"closed": "closed"},
     "escalate": {s: s for s in ("reported", "assigned", "in_progress", "reopened")},
@@ -208,7 +214,7 @@ def test_a_callback_passes_only_when_all_three_hold(lawful, implemented, accepte
     ("reason", "state", "allowed"),
     [
         ("unsatisfied", "resolved", True),
-        ("unsatisfied", "closed", False),
+        ("unsatisfied", "closed", True),  # rated unsatisfied after the auto-close
         ("callback_failed", "closed", True),
         ("callback_failed", "resolved", False),
         ("admin", "resolved", True),
@@ -320,3 +326,33 @@ def test_the_callback_sample_is_stable_and_near_the_share():
     assert picked == [i for i in ids if domain.in_callback_sample(i, 0.25)]
     assert not any(domain.in_callback_sample(i, 0.0) for i in ids[:50])
     assert all(domain.in_callback_sample(i, 1.0) for i in ids[:50])
+
+
+def test_a_rating_after_the_auto_close_is_kept_and_unsatisfied_reopens():
+    leader = uuid.uuid4()
+    kept = FakeIssue(state="resolved", resolution_count=1)
+    domain.auto_close(kept, now=NOW)
+    step = domain.rate_after_auto_close(
+        kept, rating="basically_satisfied", comment=None, reopen_due_at=NOW, area_leader_id=leader
+    )
+    assert (step.action, kept.state, kept.rating) == ("rate_late", "closed", "basically_satisfied")
+    with pytest.raises(Conflict, match="不能重复评价"):
+        domain.rate_after_auto_close(
+            kept, rating="unsatisfied", comment=None, reopen_due_at=NOW, area_leader_id=leader
+        )
+
+    reopened = FakeIssue(state="resolved", resolution_count=1)
+    domain.auto_close(reopened, now=NOW)
+    due = NOW + timedelta(hours=48)
+    step = domain.rate_after_auto_close(
+        reopened, rating="unsatisfied", comment="没修好", reopen_due_at=due, area_leader_id=leader
+    )
+    assert (step.action, step.from_state, step.to_state) == ("reopen", "closed", "reopened")
+    assert reopened.follower_id == leader and reopened.due_at == due
+    assert reopened.closed_at is None and reopened.ever_unsatisfied
+
+
+def test_a_new_resolution_is_not_rated_yet():
+    item = FakeIssue(state="in_progress", rating="unsatisfied", resolution_count=1)
+    domain.resolve(item, note="已修好", now=NOW)
+    assert item.rating is None and item.resolution_count == 2

@@ -78,6 +78,9 @@ def test_assign_start_resolve_rated_satisfied_closes_the_issue(client, db, town,
     assert assigned["village_id"] == str(town.village1)
     resolved_event = outbox(db, "issue.resolved")[0]["data"]
     assert resolved_event["on_time"] is True and resolved_event["reporter_id"]
+    # The points go to whoever resolved it, and the event says who and in which capacity.
+    assert resolved_event["resolver_id"] == str(town.worker1.id)
+    assert resolved_event["resolver_role"] == "assignee" and resolved_event["level"] == "grid"
     closed = outbox(db, "issue.closed")[0]["data"]
     assert closed["rating"] == "basically_satisfied"
 
@@ -136,12 +139,15 @@ def test_a_rejected_report_carries_the_reason_and_leaves_the_queue(client, db, t
     assert response.status_code == 200
     assert response.json["state"] == "rejected"
     event = outbox(db, "issue.rejected")[0]["data"]
+    snapshot = event.pop("snapshot")
     assert event == {
         "issue_id": str(issue_id),
         "reason": "重复反映，已合并。",
         "by": str(town.admin.id),
         "reporter_id": str(town.resident.id),
+        "issue_version": 2,
     }
+    assert (snapshot["state"], snapshot["reject_reason"]) == ("rejected", "重复反映，已合并。")
     assert client.get("/api/v1/queue", headers=town.admin.headers).json["items"] == []
     again = assign(client, issue_id, town.admin, town.worker1)
     assert again.status_code == 409

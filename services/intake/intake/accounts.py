@@ -96,12 +96,17 @@ def account_event_data(user: User) -> dict[str, Any]:
         "phone": user.phone,
         "village_id": user.village_id,
         "active": user.active,
+        "tokens_valid_after": user.tokens_valid_after,
+        # Grows with every change: a consumer ignores a snapshot older than the one it holds.
+        "revision": user.revision,
         # notify sends WeChat subscribe messages to residents, and only intake knows the openid.
         "openid": user.openid,
     }
 
 
 def _announce(session: Session, user: User) -> None:
+    """Announce a change of the account under its next ``revision``."""
+    user.revision = (user.revision or 0) + 1
     session.flush()
     emit(session, ACCOUNT_UPSERTED, account_event_data(user))
 
@@ -109,7 +114,7 @@ def _announce(session: Session, user: User) -> None:
 def announce_all_accounts(session: Session) -> int:
     """Emit ``account.upserted`` again for every account (for a service added later).
 
-    Consumers keep only the latest state, so announcing twice is harmless.
+    Each goes out under its current ``revision``: a consumer that holds it already ignores it.
     """
     count = 0
     for user in session.scalars(sa.select(User).order_by(User.created_at)).yield_per(500):
@@ -259,7 +264,7 @@ def create_account(
 def change_account(session: Session, user_id: uuid.UUID, changes: dict[str, Any]) -> User:
     """Change name, phone, roles, village, active or password; announced when anything changed."""
     user = get_account(session, user_id, for_update=True)
-    changed = False
+    changed = access_changed = False
     if "village_id" in changes:
         _check_village(session, changes["village_id"])
     if "roles" in changes:
@@ -268,10 +273,13 @@ def change_account(session: Session, user_id: uuid.UUID, changes: dict[str, Any]
         if field in changes and getattr(user, field) != changes[field]:
             setattr(user, field, changes[field])
             changed = True
+            access_changed = access_changed or field in ("roles", "active")
     if changes.get("password"):
         user.password_hash = hash_password(changes["password"])
         user.failed_logins, user.locked_until = 0, None  # a new password also lifts a lock
-        changed = True
+        changed = access_changed = True
+    if access_changed:
+        user.tokens_valid_after = utcnow()
     if changed:
         _announce(session, user)
     return user

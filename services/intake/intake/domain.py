@@ -52,6 +52,9 @@ def shanghai_day(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).astimezone(SHANGHAI).strftime("%Y%m%d")
 
 
-def can_rate(status: str) -> bool:
-    """A reporter rates only a resolved issue (once per resolution)."""
-    return status == "resolved"
+def can_rate(status: str, rating: str | None = None, resolution_count: int = 0) -> bool:
+    """A reporter rates the latest resolution (once): while it is resolved, and also after it
+    closed by itself unrated (an unsatisfied rating then reopens it, DESIGN.md)."""
+    if status == "resolved":
+        return True
+    return status == "closed" and rating is None and resolution_count > 0

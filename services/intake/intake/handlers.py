@@ -1,13 +1,17 @@
 """What intake consumes: dispatch's life-cycle events keep the residents' view of their reports.
 
 One ``handle_<event>`` per event type and the one table ``SUBSCRIPTIONS`` that the worker binds.
-Events may arrive out of order after retries: the state follows the newest event only
-(``Issue.state_changed_at``), while every step still lands in the timeline.
+Events may arrive out of order after retries. dispatch's events carry ``issue_version`` and a
+``snapshot`` of the issue after the step: the snapshot is taken only when its version is newer
+than the one held (``Issue.dispatch_version``), so a late event never undoes a newer one and
+fields only it carried are still right. An event without them (an older dispatch) is judged by
+its time (``Issue.state_changed_at``). Every step still lands in the timeline once.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from marshmallow import EXCLUDE, Schema, fields
@@ -25,6 +29,30 @@ REOPEN_REASONS = {
 }
 
 
+class SnapshotData(Schema):
+    """dispatch's resident-facing state of the issue after the step (``snapshot``)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    state = fields.String(required=True)
+    level = fields.String(load_default="grid")
+    assignee_id = fields.UUID(load_default=None, allow_none=True)
+    assignee_name = fields.String(load_default=None, allow_none=True)
+    handler_id = fields.UUID(load_default=None, allow_none=True)
+    handler_name = fields.String(load_default=None, allow_none=True)
+    follower_id = fields.UUID(load_default=None, allow_none=True)
+    follower_name = fields.String(load_default=None, allow_none=True)
+    due_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    resolution_no = fields.Integer(load_default=0)
+    resolution_note = fields.String(load_default=None, allow_none=True)
+    resolution_photo_ids = fields.List(fields.UUID(), load_default=list, allow_none=True)
+    resolved_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    rating = fields.String(load_default=None, allow_none=True)
+    closed_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    reject_reason = fields.String(load_default=None, allow_none=True)
+
+
 class _Tolerant(Schema):
     """Read only the fields we use; ignore the rest (tolerant reader)."""
 
@@ -32,10 +60,13 @@ class _Tolerant(Schema):
         unknown = EXCLUDE
 
     issue_id = fields.UUID(required=True)
+    issue_version = fields.Integer(load_default=None, allow_none=True)
+    snapshot = fields.Nested(SnapshotData, load_default=None, allow_none=True)
 
 
 class AssignedData(_Tolerant):
     assignee_id = fields.UUID(required=True)
+    assignee_name = fields.String(load_default=None, allow_none=True)
     due_at = fields.AwareDateTime(load_default=None, allow_none=True)
 
 
@@ -79,6 +110,7 @@ class VillageData(Schema):
     village_id = fields.UUID(required=True)
     name = fields.String(required=True)
     area_leader_id = fields.UUID(load_default=None, allow_none=True)
+    revision = fields.Integer(load_default=None, allow_none=True)
 
 
 def _issue(session: Session, issue_id: uuid.UUID) -> Issue:
@@ -94,15 +126,33 @@ def _staff_name(session: Session, user_id: uuid.UUID | None) -> str | None:
     return session.scalar(sa.select(User.name).where(User.id == user_id))
 
 
+def _snap(data: dict[str, Any], field: str) -> Any:
+    snapshot = data.get("snapshot")
+    return snapshot.get(field) if snapshot else None
+
+
+def _versioned(data: dict[str, Any]) -> bool:
+    return data.get("issue_version") is not None and data.get("snapshot") is not None
+
+
 def _step(
     session: Session,
     issue: Issue,
     event: Envelope,
+    data: dict[str, Any],
     title: str,
     note: str | None = None,
     actor: str | None = None,
+    *,
+    moves_state: bool = True,
 ) -> bool:
-    """Add the timeline step; return True when this event is the newest for the state."""
+    """Add the timeline step and bring the issue's state up to date.
+
+    An event with ``issue_version`` and ``snapshot`` is applied here, whole, when its version is
+    newer than the one held (a late one only adds its step); the answer is then False. An older
+    event without them is judged by its time: True when it is the newest, and the caller applies
+    its fields.
+    """
     session.add(
         IssueStep(
             issue_id=issue.id,
@@ -114,19 +164,56 @@ def _step(
             occurred_at=event.occurred_at,
         )
     )
+    if _versioned(data):
+        if issue.dispatch_version is None or data["issue_version"] > issue.dispatch_version:
+            _apply_snapshot(session, issue, data["snapshot"], data["issue_version"])
+        if issue.state_changed_at is None or event.occurred_at > issue.state_changed_at:
+            issue.state_changed_at = event.occurred_at
+        return False
+    if not moves_state:
+        return False
     newest = issue.state_changed_at is None or event.occurred_at >= issue.state_changed_at
     if newest:
         issue.state_changed_at = event.occurred_at
     return newest
 
 
+def _apply_snapshot(session: Session, issue: Issue, snapshot: dict[str, Any], version: int) -> None:
+    """Take dispatch's state of the issue as the resident sees it (newer than what we hold)."""
+    same_resolution = snapshot["resolution_no"] == issue.resolution_count
+    issue.dispatch_version = version
+    issue.status = snapshot["state"]
+    issue.level = snapshot["level"]
+    issue.assignee_id = snapshot["assignee_id"]
+    # The resident sees who holds it: the level's holder (or county department), else the worker.
+    issue.assignee_name = (
+        snapshot["handler_name"]
+        or snapshot["assignee_name"]
+        or _staff_name(session, snapshot["assignee_id"])
+    )
+    issue.due_at = snapshot["due_at"]
+    issue.resolution_count = max(issue.resolution_count or 0, snapshot["resolution_no"])
+    issue.resolution_note = snapshot["resolution_note"]
+    issue.resolution_photo_ids = [str(p) for p in snapshot["resolution_photo_ids"] or []]
+    issue.resolved_at = snapshot["resolved_at"]
+    issue.closed_at = snapshot["closed_at"]
+    issue.reject_reason = snapshot["reject_reason"]
+    if snapshot["rating"] is not None or not same_resolution:
+        issue.rating = snapshot["rating"]
+    # else: the reporter's own rating of this resolution, not yet taken by dispatch, stays.
+
+
 def handle_issue_assigned(session: Session, event: Envelope) -> None:
     data = AssignedData().load(event.data)
     issue = _issue(session, data["issue_id"])
-    name = _staff_name(session, data["assignee_id"])
+    name = (
+        data["assignee_name"]
+        or _snap(data, "assignee_name")
+        or _staff_name(session, data["assignee_id"])
+    )
     title = f"已交办给网格员{name or ''}"
     note = f"限 {local_text(data['due_at'])} 前办结" if data["due_at"] else None
-    if _step(session, issue, event, title, note, actor=name):
+    if _step(session, issue, event, data, title, note, actor=name):
         issue.status = "assigned"
         issue.assignee_id = data["assignee_id"]
         issue.assignee_name = name
@@ -136,7 +223,8 @@ def handle_issue_assigned(session: Session, event: Envelope) -> None:
 def handle_issue_started(session: Session, event: Envelope) -> None:
     data = _Tolerant().load(event.data)
     issue = _issue(session, data["issue_id"])
-    if _step(session, issue, event, "网格员已开始办理", actor=issue.assignee_name):
+    actor = _snap(data, "assignee_name") or issue.assignee_name
+    if _step(session, issue, event, data, "网格员已开始办理", actor=actor):
         issue.status = "in_progress"
 
 
@@ -148,7 +236,9 @@ def handle_issue_escalated(session: Session, event: Envelope) -> None:
     if data.get("county_department"):
         title += f"（{data['county_department']}）"
     handler = _staff_name(session, data.get("handler_id"))
-    if _step(session, issue, event, title, data.get("reason"), actor=handler):
+    if _versioned(data) and level != "county":
+        handler = _snap(data, "handler_name") or handler
+    if _step(session, issue, event, data, title, data.get("reason"), actor=handler):
         issue.level = level
         if handler:
             issue.assignee_name = handler
@@ -158,24 +248,18 @@ def handle_issue_overdue(session: Session, event: Envelope) -> None:
     data = OverdueData().load(event.data)
     issue = _issue(session, data["issue_id"])
     # Overdue changes no state: it is a step the resident sees (督办), nothing more.
-    session.add(
-        IssueStep(
-            issue_id=issue.id,
-            event_id=event.id,
-            kind=event.type,
-            title="办理超时，已督办",
-            note=f"原定 {local_text(data['due_at'])} 前办结" if data["due_at"] else None,
-            occurred_at=event.occurred_at,
-        )
-    )
+    note = f"原定 {local_text(data['due_at'])} 前办结" if data["due_at"] else None
+    _step(session, issue, event, data, "办理超时，已督办", note, moves_state=False)
 
 
 def handle_issue_resolved(session: Session, event: Envelope) -> None:
     data = ResolvedData().load(event.data)
     issue = _issue(session, data["issue_id"])
     photo_ids = [str(p) for p in data["photo_ids"]]
-    issue.resolution_count += 1  # a new resolution may be rated, whatever the order
-    if _step(session, issue, event, "已办结", data.get("note"), actor=issue.assignee_name):
+    if not _versioned(data):
+        issue.resolution_count += 1  # a new resolution may be rated, whatever the order
+    actor = _snap(data, "assignee_name") or issue.assignee_name
+    if _step(session, issue, event, data, "已办结", data.get("note"), actor=actor):
         issue.status = "resolved"
         issue.resolution_note = data.get("note")
         issue.resolution_photo_ids = photo_ids
@@ -194,9 +278,9 @@ def handle_issue_reopened(session: Session, event: Envelope) -> None:
     data = ReopenedData().load(event.data)
     issue = _issue(session, data["issue_id"])
     title = REOPEN_REASONS.get(data["reason"], "重新办理")
-    leader = _staff_name(session, data.get("area_leader_id"))
+    leader = _snap(data, "follower_name") or _staff_name(session, data.get("area_leader_id"))
     note = f"包片领导{leader}跟进，直至群众满意" if leader else None
-    if _step(session, issue, event, title, note):
+    if _step(session, issue, event, data, title, note):
         issue.status = "reopened"
         if data.get("assignee_id"):
             issue.assignee_id = data["assignee_id"]
@@ -210,7 +294,7 @@ def handle_issue_closed(session: Session, event: Envelope) -> None:
     issue = _issue(session, data["issue_id"])
     rating = data.get("rating")
     note = f"群众评价：{RATINGS[rating]}" if rating in RATINGS else None
-    if _step(session, issue, event, "事项已关闭", note):
+    if _step(session, issue, event, data, "事项已关闭", note):
         issue.status = "closed"
         issue.closed_at = data.get("closed_at") or event.occurred_at
         if rating:
@@ -220,21 +304,32 @@ def handle_issue_closed(session: Session, event: Envelope) -> None:
 def handle_issue_rejected(session: Session, event: Envelope) -> None:
     data = RejectedData().load(event.data)
     issue = _issue(session, data["issue_id"])
-    if _step(session, issue, event, "不予受理", data.get("reason")):
+    if _step(session, issue, event, data, "不予受理", data.get("reason")):
         issue.status = "rejected"
         issue.reject_reason = data.get("reason")
 
 
 def handle_village_upserted(session: Session, event: Envelope) -> None:
+    """Keep the village; a ``revision`` not newer than the one held is a stale snapshot."""
     data = VillageData().load(event.data)
-    village = session.get(Village, data["village_id"])
+    village = session.get(Village, data["village_id"], with_for_update=True)
+    revision = data["revision"]
     if village is None:
         session.add(
-            Village(id=data["village_id"], name=data["name"], area_leader_id=data["area_leader_id"])
+            Village(
+                id=data["village_id"],
+                name=data["name"],
+                area_leader_id=data["area_leader_id"],
+                revision=revision,
+            )
         )
-    else:
-        village.name = data["name"]
-        village.area_leader_id = data["area_leader_id"]
+        return
+    if revision is not None and village.revision is not None and revision <= village.revision:
+        return
+    village.name = data["name"]
+    village.area_leader_id = data["area_leader_id"]
+    if revision is not None:
+        village.revision = revision
 
 
 SUBSCRIPTIONS = {

@@ -35,6 +35,11 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None]
+    # Grows by one with every ``account.upserted``: consumers ignore an older snapshot.
+    revision: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The last change of password, roles or active: tokens issued before it should not count
+    # (carried in ``account.upserted``; enforcing it is a later step).
+    tokens_valid_after: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -47,6 +52,8 @@ class Village(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(64))
     area_leader_id: Mapped[uuid.UUID | None]
+    # dispatch's ``revision`` of the last applied ``village.upserted`` (None: demo data, or older).
+    revision: Mapped[int | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -102,6 +109,8 @@ class Issue(Base):
     rating: Mapped[str | None] = mapped_column(sa.String(24))
     closed_at: Mapped[datetime | None]
     state_changed_at: Mapped[datetime | None]
+    # dispatch's ``issue_version`` of the snapshot applied last; an older one is not applied.
+    dispatch_version: Mapped[int | None]
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -29,12 +29,14 @@ from intake.models import (
 from intake.settings import IntakeSettings
 from shared.auth import STAFF_ROLES, Principal
 from shared.clock import utcnow
-from shared.db import Database
+from shared.db import Database, after_commit
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events import emit
 from shared.pagination import keyset_page
 
-ISSUES_REPORTED = Counter("issues_reported_total", "Reports received", ["category"])
+ISSUES_REPORTED = Counter(
+    "issues_reported_total", "Reports stored (counted once committed)", ["category"]
+)
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def report_issue(
             "source": issue.source,
         },
     )
-    ISSUES_REPORTED.labels(issue.category).inc()
+    after_commit(session, ISSUES_REPORTED.labels(issue.category).inc)
     return issue
 
 
@@ -230,7 +232,7 @@ def visible_issue(session: Session, principal: Principal, issue_id: uuid.UUID) -
 
 
 def _rateable(session: Session, issue: Issue) -> bool:
-    if not domain.can_rate(issue.status):
+    if not domain.can_rate(issue.status, issue.rating, issue.resolution_count):
         return False
     return (
         session.scalar(
@@ -275,7 +277,7 @@ def rate_issue(
     issue = session.scalar(sa.select(Issue).where(Issue.id == issue_id).with_for_update())
     if issue is None or issue.reporter_id != principal.id:
         raise NotFound("未找到该事项。")
-    if not domain.can_rate(issue.status):
+    if not domain.can_rate(issue.status, issue.rating, issue.resolution_count):
         raise Conflict(
             f"该事项当前状态为「{domain.STATES.get(issue.status, issue.status)}」，"
             "办结后才能评价。",

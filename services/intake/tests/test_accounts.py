@@ -49,6 +49,8 @@ def test_admin_creates_a_staff_account_and_it_is_announced(client, admin, villag
         "village_id": str(village.id),
         "active": True,
         "openid": None,
+        "tokens_valid_after": None,
+        "revision": 1,
     }
 
 
@@ -126,6 +128,10 @@ def test_admin_changes_roles_village_and_status_and_each_change_is_announced(
     assert events[1]["roles"] == ["grid_leader", "party_member"]
     assert events[1]["village_id"] == str(village.id)
     assert events[2]["active"] is False
+    # Each change is a newer revision; a change of roles or active moves tokens_valid_after.
+    assert [e["revision"] for e in events] == [1, 2, 3]
+    assert events[0]["tokens_valid_after"] is None
+    assert events[1]["tokens_valid_after"] < events[2]["tokens_valid_after"]
     login = {"username": "worker07", "password": "grid-worker-7"}
     assert client.post("/api/v1/auth/login", json=login).status_code == 403
 

@@ -7,6 +7,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 from PIL import Image
 
@@ -391,3 +392,28 @@ def test_an_unsatisfied_resident_sees_the_reopening_and_rates_the_next_resolutio
         client.post(f"/api/v1/issues/{issue_id}/rating", json=again, headers=alice).status_code
         == 201
     )
+
+
+def test_issues_reported_total_counts_a_report_only_once_it_is_stored(
+    app, db, settings, village, make_user
+):
+    from prometheus_client import REGISTRY
+
+    from intake.services import NewReport, report_issue
+
+    user, _headers = make_user()
+    labels = {"category": "road_traffic"}
+    before = REGISTRY.get_sample_value("issues_reported_total", labels) or 0.0
+    report = NewReport(
+        category="road_traffic", description="村口的路面塌了一个大坑。", village_id=VILLAGE_ID
+    )
+
+    with pytest.raises(RuntimeError), db.transaction() as session:
+        report_issue(session, settings, user.id, report)
+        raise RuntimeError("the commit never happens (a lost connection, say)")
+    assert (REGISTRY.get_sample_value("issues_reported_total", labels) or 0.0) == before
+    assert _count(db, Issue) == 0
+
+    with db.transaction() as session:
+        report_issue(session, settings, user.id, report)
+    assert REGISTRY.get_sample_value("issues_reported_total", labels) == before + 1
