@@ -19,9 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.consumer import Consumer
-from shared.db import Database
 from shared.events import Envelope, make_envelope
-from shared.testing import PostgresServer, RabbitServer, _local_rabbitmqctl
+from shared.testing import throwaway_backends
 from shared.tests.conftest import EXCHANGE, demo_notes, metadata
 
 
@@ -35,12 +34,7 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=20)
     args = parser.parse_args()
 
-    postgres = PostgresServer("127.0.0.1", 5432, "postgres")
-    rabbit = RabbitServer("127.0.0.1", 5672, "guest", "guest", _local_rabbitmqctl)
-    amqp_url = rabbit.create_vhost("bench")
-    db = Database(postgres.create_database("bench"), metadata=metadata, producer="bench")
-    try:
-        metadata.create_all(db.engine)
+    with throwaway_backends(metadata) as (amqp_url, db):
         consumer = Consumer(
             db,
             amqp_url,
@@ -69,10 +63,6 @@ def main() -> None:
             f"consumer, prefetch {args.prefetch}, one transaction per event with its inbox row: "
             f"{args.events} events in {elapsed:.2f}s = {args.events / elapsed:,.0f} events/s"
         )
-    finally:
-        db.dispose()
-        postgres.drop_all()
-        rabbit.delete_all()
 
 
 def _fill(amqp_url: str, count: int) -> None:

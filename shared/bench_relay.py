@@ -14,9 +14,8 @@ import time
 
 import pika
 
-from shared.db import Database
 from shared.relay import OutboxRelay, pending_count
-from shared.testing import PostgresServer, RabbitServer, _local_rabbitmqctl
+from shared.testing import throwaway_backends
 from shared.tests.conftest import EXCHANGE, metadata, write_events
 
 
@@ -26,12 +25,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=200)
     args = parser.parse_args()
 
-    postgres = PostgresServer("127.0.0.1", 5432, "postgres")
-    rabbit = RabbitServer("127.0.0.1", 5672, "guest", "guest", _local_rabbitmqctl)
-    amqp_url = rabbit.create_vhost("bench")
-    db = Database(postgres.create_database("bench"), metadata=metadata, producer="bench")
-    try:
-        metadata.create_all(db.engine)
+    with throwaway_backends(metadata) as (amqp_url, db):
         _tap(amqp_url)
         for start in range(0, args.events, 1000):
             write_events(db, min(1000, args.events - start))
@@ -50,10 +44,6 @@ def main() -> None:
         single = min(args.events, 1000)
         rate = _one_by_one(amqp_url, single)
         print(f"for comparison, one blocking confirm per message: {rate:,.0f} messages/s")
-    finally:
-        db.dispose()
-        postgres.drop_all()
-        rabbit.delete_all()
 
 
 def _tap(amqp_url: str) -> None:

@@ -130,6 +130,25 @@ def _local_rabbitmqctl(args: list[str]) -> None:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
 
 
+@contextlib.contextmanager
+def throwaway_backends(metadata: sa.MetaData, producer: str = "bench") -> Iterator[tuple[str, Any]]:
+    """A new vhost on the local RabbitMQ and a new database on the local PostgreSQL with
+    ``metadata``'s tables, removed afterwards: ``(amqp_url, Database)``, for benchmark scripts."""
+    from shared.db import Database
+
+    postgres = PostgresServer("127.0.0.1", 5432, "postgres")
+    rabbit = RabbitServer("127.0.0.1", 5672, "guest", "guest", _local_rabbitmqctl)
+    amqp_url = rabbit.create_vhost(producer)
+    db = Database(postgres.create_database(producer), metadata=metadata, producer=producer)
+    try:
+        metadata.create_all(db.engine)
+        yield amqp_url, db
+    finally:
+        db.dispose()
+        postgres.drop_all()
+        rabbit.delete_all()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     host = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")

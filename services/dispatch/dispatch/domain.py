@@ -412,19 +412,28 @@ def rate(
         raise refuse("rate", item.state)
     item.rating = rating
     if rating == "unsatisfied":
-        step = reopen(
-            item,
-            reason="unsatisfied",
-            due_at=reopen_due_at,
-            area_leader_id=area_leader_id,
-            note=comment or REOPEN_REASONS["unsatisfied"],
-        )
-        step.details["rating"] = rating
-        return step
+        return _reopen_unsatisfied(item, comment, reopen_due_at, area_leader_id)
     to_state = target_state("rate", item.state)
     item.closed_at = now
     item.callback_status = "pending" if item.ever_unsatisfied else None
     return _step(item, "rate", to_state, note=comment, details={"rating": rating})
+
+
+def _reopen_unsatisfied(
+    item: WorkItem,
+    comment: str | None,
+    reopen_due_at: datetime,
+    area_leader_id: uuid.UUID | None,
+) -> Step:
+    step = reopen(
+        item,
+        reason="unsatisfied",
+        due_at=reopen_due_at,
+        area_leader_id=area_leader_id,
+        note=comment or REOPEN_REASONS["unsatisfied"],
+    )
+    step.details["rating"] = "unsatisfied"
+    return step
 
 
 def rate_after_auto_close(
@@ -443,14 +452,8 @@ def rate_after_auto_close(
         raise refuse("rate", item.state)
     item.rating = rating
     if rating == "unsatisfied":
-        step = reopen(
-            item,
-            reason="unsatisfied",
-            due_at=reopen_due_at,
-            area_leader_id=area_leader_id,
-            note=comment or REOPEN_REASONS["unsatisfied"],
-        )
-        step.details.update({"rating": rating, "after_auto_close": True})
+        step = _reopen_unsatisfied(item, comment, reopen_due_at, area_leader_id)
+        step.details["after_auto_close"] = True
         return step
     to_state = target_state("rate_late", item.state)
     return _step(
