@@ -227,27 +227,34 @@ def _migrated_templates(postgres_server: PostgresServer) -> dict[str, str]:
     return {}
 
 
-@pytest.fixture
-def fresh_database(
+@pytest.fixture(scope="session")
+def migrated_database(
     postgres_server: PostgresServer, _migrated_templates: dict[str, str]
-) -> Callable[[str], str]:
-    """``fresh_database("intake")``: a new PostgreSQL database at the service's Alembic head.
+) -> Callable[..., str]:
+    """``migrated_database("intake")``: a new PostgreSQL database at the service's Alembic head,
+    usable from a fixture of any scope (the end-to-end harness keeps one per test module).
 
-    The migrations run once per service and run into a template database; each test then gets
+    The migrations run once per service and run into a template database; each call then gets
     a copy (``CREATE DATABASE ... TEMPLATE``), which is much faster than migrating every time.
     """
     from shared.migrations import upgrade
 
-    def make(service: str) -> str:
+    def make(service: str, prefix: str | None = None) -> str:
         template = _migrated_templates.get(service)
         if template is None:
             url = postgres_server.create_database(f"{service}_template")
             upgrade(service, url)
             template = url.rsplit("/", 1)[1]
             _migrated_templates[service] = template
-        return postgres_server.create_database(service, template=template)
+        return postgres_server.create_database(prefix or service, template=template)
 
     return make
+
+
+@pytest.fixture
+def fresh_database(migrated_database: Callable[..., str]) -> Callable[[str], str]:
+    """``fresh_database("intake")``: a new database at the service's head for this test."""
+    return migrated_database
 
 
 class TcpProxy:

@@ -28,21 +28,13 @@ EXAMPLES = settings(
 )
 
 
-def _migrated(postgres_server, service: str) -> str:
-    from shared.migrations import upgrade
-
-    url = postgres_server.create_database(f"{service}_fuzz")
-    upgrade(service, url)
-    return url
-
-
 @pytest.fixture(scope="module")
-def intake_app(postgres_server, rabbit_server, jwt_keys, tmp_path_factory) -> Iterator:
+def intake_app(migrated_database, rabbit_server, jwt_keys, tmp_path_factory) -> Iterator:
     private, public = jwt_keys
     app = create_intake(
         IntakeSettings(
             app_env="test",
-            database_url=_migrated(postgres_server, "intake"),
+            database_url=migrated_database("intake", prefix="intake_fuzz"),
             rabbitmq_url=rabbit_server.create_vhost("fuzz"),
             jwt_private_key_file=private,
             jwt_public_key_file=public,
@@ -61,11 +53,11 @@ def intake_app(postgres_server, rabbit_server, jwt_keys, tmp_path_factory) -> It
 
 
 @pytest.fixture(scope="module")
-def dispatch_app(postgres_server, rabbit_server, jwt_keys) -> Iterator:
+def dispatch_app(migrated_database, rabbit_server, jwt_keys) -> Iterator:
     app = create_dispatch(
         DispatchSettings(
             app_env="test",
-            database_url=_migrated(postgres_server, "dispatch"),
+            database_url=migrated_database("dispatch", prefix="dispatch_fuzz"),
             rabbitmq_url=rabbit_server.create_vhost("fuzz"),
             jwt_public_key_file=jwt_keys[1],
             log_format="text",
