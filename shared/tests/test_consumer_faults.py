@@ -131,6 +131,10 @@ def test_a_queue_conflict_is_a_logged_configuration_error_and_the_relay_still_pu
     with running(work):
         wait_for(lambda: broker.depth(tap) == 1)  # the outbox is not silenced
         wait_for(lambda: REGISTRY.get_sample_value("queue_declare_conflict", conflict) == 1)
+        relay = {"service": service, "process": "relay"}
+        assert REGISTRY.get_sample_value("broker_connected", relay) == 1
+        consumer = {"service": service, "process": "consumer"}
+        assert REGISTRY.get_sample_value("broker_connected", consumer) == 0
 
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(

@@ -126,20 +126,24 @@ def test_run_once_raises_broker_unavailable_and_keeps_rows_pending_when_nobody_l
             relay.close()
 
 
-def test_a_nacked_event_stays_pending_and_is_sent_again(db: Database, broker: Broker) -> None:
+def test_a_nacked_event_stays_pending_and_is_sent_again(
+    db: Database, broker: Broker, service: str
+) -> None:
     # A queue that refuses publishes beyond one message makes the broker nack the rest.
     broker.channel.queue_declare(
         "full", durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
     )
     broker.channel.queue_bind("full", EXCHANGE, routing_key="#")
     ids = write_events(db, 3)
-    relay = make_relay(db, broker.url)
+    relay = make_relay(db, broker.url, service)
     try:
         assert relay.run_once() == 1
         rows = {str(row.id): row for row in outbox_rows(db)}
         assert rows[ids[0]].sent_at is not None
         assert all(rows[i].sent_at is None and rows[i].attempts == 1 for i in ids[1:])
         assert "nack" in rows[ids[1]].last_error
+        failures = {"service": service}
+        assert REGISTRY.get_sample_value("relay_publish_failures_total", failures) == 2
 
         broker.drain("full")
         assert relay.run_once() == 1  # room for one more
