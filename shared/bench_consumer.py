@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared.consumer import Consumer
 from shared.events import Envelope, make_envelope
-from shared.testing import throwaway_backends
+from shared.testing import throwaway_backends, wait_for
 from shared.tests.conftest import EXCHANGE, demo_notes, metadata
 
 
@@ -54,8 +54,7 @@ def main() -> None:
         thread = threading.Thread(target=consumer.run_forever, args=(stop,), daemon=True)
         started = time.perf_counter()
         thread.start()
-        while applied() < args.events:
-            time.sleep(0.05)
+        wait_for(lambda: applied() >= args.events, timeout=3600, interval=0.05)
         elapsed = time.perf_counter() - started
         stop.set()
         thread.join(timeout=30)
