@@ -30,7 +30,7 @@ def alembic_config(service: str, url: str) -> Config:
     return config
 
 
-def upgrade(service: str, url: str, revision: str = "head") -> None:
+def upgrade(service: str, url: str, revision: str = "heads") -> None:
     """Bring the service's database to ``revision`` (run before the web and worker start)."""
     command.upgrade(alembic_config(service, url), revision)
 
