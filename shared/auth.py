@@ -6,11 +6,22 @@ Example::
     @require_roles("admin")
     def queue(): ...
     principal = current_principal()   # id, roles, name, village_id
+
+A service also says whether a signed token still speaks for its account (the account may have
+been disabled, demoted or re-passworded since the token was issued)::
+
+    def check(principal: Principal) -> str | None:
+        account = accounts.get(principal.id)
+        return refusal_reason(principal, active=account.active, roles=account.roles,
+                              tokens_valid_after=account.tokens_valid_after)
+
+    init_auth(app, verifier, account_check=check)   # None: the token counts; else 401
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +36,8 @@ from flask import Flask, current_app, g, request
 
 from shared.errors import Forbidden, Unauthorized
 
+log = logging.getLogger(__name__)
+
 ALGORITHM = "EdDSA"
 ROLES = (
     "resident",
@@ -35,6 +48,9 @@ ROLES = (
     "area_leader",
     "supervisor",
     "publicist",
+    # Staff of a township department (分管部门) or a county department: they handle the items
+    # their department holds (dispatch's department members).
+    "department_staff",
 )
 STAFF_ROLES = frozenset(ROLES) - {"resident", "party_member"}
 
@@ -47,6 +63,8 @@ class Principal:
     roles: frozenset[str] = field(default_factory=frozenset)
     name: str = ""
     village_id: uuid.UUID | None = None
+    # The token's ``iat`` (UTC): compared with the account's ``tokens_valid_after``.
+    issued_at: datetime | None = None
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
@@ -99,7 +117,9 @@ class TokenIssuer:
             "village_id": str(village_id) if village_id else None,
             "iss": self.issuer,
             "aud": self.audience,
-            "iat": now,
+            # With its microseconds (a JSON number may have a fraction, RFC 7519 §2), so that a
+            # token is told apart from a change of its account made in the same second.
+            "iat": now.timestamp(),
             "nbf": now,
             "exp": now + timedelta(seconds=self.ttl),
             "jti": str(uuid.uuid4()),
@@ -134,13 +154,50 @@ class TokenVerifier:
                 roles=frozenset(r for r in claims.get("roles", []) if r in ROLES),
                 name=claims.get("name") or "",
                 village_id=uuid.UUID(claims["village_id"]) if claims.get("village_id") else None,
+                issued_at=datetime.fromtimestamp(float(claims["iat"]), UTC),
             )
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError, OSError):
             raise Unauthorized("登录凭证无效，请重新登录。", code="invalid_token") from None
 
 
-def init_auth(app: Flask, verifier: TokenVerifier) -> None:
+AccountCheck = Callable[[Principal], str | None]
+
+TOKEN_REVOKED_MESSAGE = "登录已失效，请重新登录。"
+
+
+def refusal_reason(
+    principal: Principal,
+    *,
+    active: bool,
+    roles: Iterable[str],
+    tokens_valid_after: datetime | None,
+) -> str | None:
+    """Why a verified token no longer speaks for its account (None: it still does).
+
+    ``account_inactive``: the account was disabled; ``roles_reduced``: the token claims a role the
+    account no longer holds; ``issued_before_change``: the token is older than the account's last
+    password, role or status change (intake's clock stamps both).
+    """
+    if not active:
+        return "account_inactive"
+    if principal.roles - set(roles):
+        return "roles_reduced"
+    if (
+        tokens_valid_after is not None
+        and principal.issued_at is not None
+        and principal.issued_at < tokens_valid_after
+    ):
+        return "issued_before_change"
+    return None
+
+
+def init_auth(
+    app: Flask, verifier: TokenVerifier, account_check: AccountCheck | None = None
+) -> None:
+    """Let ``current_principal`` verify tokens; ``account_check`` (principal → refusal reason or
+    None) refuses a signed token whose account has changed since it was issued."""
     app.extensions["token_verifier"] = verifier
+    app.extensions["account_check"] = account_check
 
 
 def current_principal(optional: bool = False) -> Principal | None:
@@ -154,7 +211,14 @@ def current_principal(optional: bool = False) -> Principal | None:
             return None
         raise Unauthorized()
     verifier: TokenVerifier = current_app.extensions["token_verifier"]
-    g.principal = verifier.verify(token.strip())
+    principal = verifier.verify(token.strip())
+    account_check: AccountCheck | None = current_app.extensions.get("account_check")
+    if account_check is not None:
+        reason = account_check(principal)
+        if reason:
+            log.info("token of account %s refused: %s", principal.id, reason)
+            raise Unauthorized(TOKEN_REVOKED_MESSAGE, code="token_revoked")
+    g.principal = principal
     return g.principal
 
 

@@ -44,5 +44,11 @@ class LocalDateTime(fields.AwareDateTime):
             return None
         return to_local(value).isoformat()
 
+    default_error_messages = {"out_of_range": "时间超出可用范围。"}
+
     def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00 in Shanghai is before year 1 in UTC
+            raise self.make_error("out_of_range") from None

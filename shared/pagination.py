@@ -14,16 +14,23 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.types import TypeDecorator
 
 from shared.errors import BadRequest
+from shared.fields import text_problem
+from shared.request_guard import json_depth
 
 T = TypeVar("T")
+
+INVALID_CURSOR = "分页参数 cursor 无效。"
+# A cursor holds a few keys (a time and an id); anything much longer was not made by us.
+MAX_CURSOR_BYTES = 1024
 
 
 def _encode_value(value: Any) -> Any:
@@ -36,8 +43,13 @@ def _encode_value(value: Any) -> Any:
 
 def _decode_value(value: Any) -> Any:
     if isinstance(value, dict) and "dt" in value:
-        return datetime.fromisoformat(value["dt"])
+        moment = datetime.fromisoformat(value["dt"])
+        if moment.tzinfo is None:
+            raise ValueError("naive time in a cursor")
+        return moment.astimezone(UTC)  # OverflowError at the calendar's ends
     if isinstance(value, dict) and "uuid" in value:
+        if not isinstance(value["uuid"], str):
+            raise TypeError("uuid must be text")
         return uuid.UUID(value["uuid"])
     return value
 
@@ -50,12 +62,35 @@ def encode_cursor(values: Sequence[Any]) -> str:
 def decode_cursor(cursor: str) -> list[Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        raw = base64.urlsafe_b64decode(padded.encode())
+        if len(raw) > MAX_CURSOR_BYTES or json_depth(raw) > 2:
+            raise ValueError("cursor too long or too deeply nested")
+        values = json.loads(raw)
         if not isinstance(values, list):
             raise ValueError
         return [_decode_value(v) for v in values]
-    except (ValueError, TypeError):
-        raise BadRequest("分页参数 cursor 无效。", code="invalid_cursor") from None
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(INVALID_CURSOR, code="invalid_cursor") from None
+
+
+def _fits(column: Any, value: Any) -> bool:
+    """Whether a decoded cursor value can be bound to ``column`` without a database error."""
+    if value is None:
+        return True
+    kind = column.type
+    if isinstance(kind, TypeDecorator):
+        kind = kind.impl_instance
+    try:
+        expected = kind.python_type
+    except NotImplementedError:
+        return True
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str) and text_problem(value) is None
+    return isinstance(value, expected)
 
 
 def keyset_page(
@@ -76,8 +111,8 @@ def keyset_page(
     columns = [o.element for o in order]
     if cursor:
         values = decode_cursor(cursor)
-        if len(values) != len(columns):
-            raise BadRequest("分页参数 cursor 无效。", code="invalid_cursor")
+        if len(values) != len(columns) or not all(map(_fits, columns, values)):
+            raise BadRequest(INVALID_CURSOR, code="invalid_cursor")
         row_key = sa.tuple_(*columns)
         bound = sa.tuple_(
             *[sa.literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)]

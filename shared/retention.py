@@ -6,6 +6,10 @@ outlive any copy of the event that may still arrive: a retry, or a dead letter r
 later (default 30 days, ``INBOX_RETENTION_DAYS``; replay dead letters younger than that). Pending
 outbox rows are never purged, whatever their age.
 
+A service's own table whose rows only matter for a while says so in its ``info``:
+``{"retention": ("expires_at", timedelta(days=1))}`` purges the rows whose ``expires_at`` is more
+than a day past (intake's refresh tokens and failed-login counts).
+
 Rows go in batches (``DELETE ... WHERE key IN (SELECT ... LIMIT n)``), one short transaction
 each, so a purge never holds long locks on a busy table. The worker runs ``run_forever`` in a
 thread of its own. Example::
@@ -72,6 +76,16 @@ def purge(
             policy.batch_size,
         )
         RETENTION_PURGED.labels(service, "processed_events").inc(removed_inbox)
+    for table in db.metadata.tables.values():
+        rule = table.info.get("retention")
+        if rule is None:
+            continue
+        column, age = rule
+        key = list(table.primary_key.columns)
+        removed = _in_batches(db, table, key, table.c[column] < now - age, policy.batch_size)
+        RETENTION_PURGED.labels(service, table.name).inc(removed)
+        if removed:
+            log.info("%s retention: removed %d %s row(s)", service, removed, table.name)
     if removed_outbox or removed_inbox:
         log.info(
             "%s retention: removed %d sent outbox row(s) older than %g days and %d "

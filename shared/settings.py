@@ -47,6 +47,13 @@ class ServiceSettings(BaseSettings):
     jwt_public_key_file: Path | None = None
     jwt_issuer: str = "service365-intake"
     jwt_audience: str = "service365"
+    # Proxies in front of the web process that add ``X-Forwarded-For`` (werkzeug's ProxyFix):
+    # 0 trusts none (the peer's address is the client's); 1 behind one reverse proxy.
+    trusted_proxy_hops: int = Field(0, ge=0, le=10)
+    # shared.request_guard: the largest request body (JSON or form; only routes named with
+    # ``allow_larger_body``, such as intake's photo upload, take more) and the deepest JSON.
+    max_json_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_json_depth: int = Field(32, ge=2, le=200)
 
     relay_batch_size: int = Field(200, ge=1, le=5000)
     relay_poll_seconds: float = Field(0.5, gt=0, le=60)

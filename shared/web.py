@@ -17,25 +17,32 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
+import flask_swagger_ui
 import pika
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request, send_from_directory
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import shared.i18n  # noqa: F401 - Chinese validation messages
-from shared.auth import TokenVerifier, init_auth
+from shared.auth import AccountCheck, TokenVerifier, init_auth
 from shared.consumer import Handler
 from shared.db import Database
 from shared.errors import http_error_response, register_error_handlers
 from shared.logging import configure_logging, correlation_id
 from shared.metrics import ScrapeGauge, ScrapeTimeGauges, init_http_metrics, metrics_response
 from shared.relay import oldest_pending_seconds, pending_count
+from shared.request_guard import RequestGuard
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-ID"
+# Swagger UI's files, served by every service itself (no third-party CDN in a government back end).
+SWAGGER_UI_DIST = Path(flask_swagger_ui.__file__).parent / "dist"
+SWAGGER_UI_ASSETS = "/docs/assets/"
 
 
 class ServiceApi(Api):
@@ -93,13 +100,21 @@ def create_service_app(
     title: str,
     scrape_gauges: list[ScrapeGauge] | None = None,
     subscriptions: Mapping[str, Handler] | None = None,
+    account_check: AccountCheck | None = None,
 ) -> tuple[Flask, Api]:
     """A Flask app with everything every Service365 web process has.
 
     ``subscriptions`` (the service's table of event handlers) lets ``/readyz`` check that the
-    service's queues can be declared as configured."""
+    service's queues can be declared as configured. ``account_check`` (principal → refusal
+    reason or None) refuses tokens whose account has changed since (``shared.auth``)."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     app = Flask(settings.service_name)
+    if settings.trusted_proxy_hops:
+        # The client's address (rate limits, failed-login counts) from the trusted proxies'
+        # X-Forwarded-For (and the scheme from X-Forwarded-Proto); any more entries are the
+        # client's own and not trusted.
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.config.update(
         JSON_AS_ASCII=False,
         API_TITLE=title,
@@ -108,9 +123,7 @@ def create_service_app(
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
-        OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_ASSETS,
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {
@@ -148,6 +161,9 @@ def create_service_app(
             correlation_id.reset(token)
 
     init_http_metrics(app, settings.service_name)
+    # Body size cap, JSON depth limit and storable text, before any view (and after the
+    # correlation id and the timer, so a refused request is still logged and counted).
+    RequestGuard(settings.max_json_body_bytes, settings.max_json_depth).init_app(app)
     if settings.public_key_path.exists():
         init_auth(
             app,
@@ -156,6 +172,7 @@ def create_service_app(
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             ),
+            account_check=account_check,
         )
     else:
         raise SystemExit(
@@ -187,6 +204,10 @@ def create_service_app(
         ],
         settings.service_name,
     )
+
+    @app.get(SWAGGER_UI_ASSETS + "<path:filename>")
+    def docs_assets(filename: str):
+        return send_from_directory(SWAGGER_UI_DIST, filename, max_age=86400)
 
     @app.get("/healthz")
     def healthz():

@@ -120,6 +120,13 @@ def accounts_of(data: dict[str, Any]) -> list[Account]:
                     grid["village"],
                 )
             )
+    for department in data.get("township_departments") or []:
+        for member in department.get("staff") or []:
+            people.append(
+                Account(
+                    member["username"], member["name"], ("department_staff",), member.get("phone")
+                )
+            )
     usernames = [p.username for p in people]
     if len(set(usernames)) != len(usernames):
         raise LoadError("township file: a username appears twice")
@@ -148,6 +155,34 @@ def load_departments(dispatch: Api, data: dict[str, Any], summary: Summary) -> N
                 f"/departments/{dept['id']}",
                 {"code": dept["code"], "name": dept["name"], "active": True},
             )
+            summary.add("changed", "departments")
+
+
+def load_township_departments(
+    dispatch: Api, data: dict[str, Any], ids: dict[str, str], summary: Summary
+) -> None:
+    """The township departments (分管部门) with their staff as members (after the accounts)."""
+    current = {d["id"]: d for d in dispatch.call("GET", "/departments")}
+    for dept in data.get("township_departments") or []:
+        wanted = {
+            "code": dept["code"],
+            "name": dept["name"],
+            "kind": "township",
+            "active": True,
+            "member_ids": [ids[m["username"]] for m in dept.get("staff") or []],
+        }
+        have = current.get(dept["id"])
+        if have is None:
+            dispatch.call("POST", "/departments", {"id": dept["id"], **wanted})
+            summary.add("created", "departments")
+            continue
+        changes = {
+            k: v
+            for k, v in wanted.items()
+            if (sorted(have.get(k) or []) != sorted(v) if k == "member_ids" else have.get(k) != v)
+        }
+        if changes:
+            dispatch.call("PATCH", f"/departments/{dept['id']}", changes)
             summary.add("changed", "departments")
 
 
@@ -310,6 +345,7 @@ def load(
     ids = load_accounts(intake, data, password, summary)
     load_grids(dispatch, data, ids, summary)
     load_area_leaders(dispatch, data, ids, summary)
+    load_township_departments(dispatch, data, ids, summary)
     return summary
 
 

@@ -13,7 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from shared.auth import TokenIssuer
+from shared.auth import Principal, TokenIssuer, refusal_reason
 from shared.tests.tinyapp import TinySettings, build_app, make_keys
 
 ISSUER = "service365-intake"
@@ -176,3 +176,102 @@ def test_a_request_without_a_usable_bearer_token_is_unauthorized(client, header)
 
     assert response.status_code == 401
     assert response.get_json()["error"]["code"] in ("unauthorized", "invalid_token")
+
+
+# --- a token must still speak for its account (account_check) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def checked_client(keys, postgres_server):
+    """The tiny service with an account check: ``REFUSED`` maps account ids to a reason."""
+    settings = TinySettings(
+        app_env="test",
+        database_url=postgres_server.create_database("shared"),
+        jwt_public_key_file=keys[1],
+        log_format="text",
+    )
+    app = build_app(settings, account_check=lambda principal: REFUSED.get(principal.id))
+    app.config["TESTING"] = True
+    return app.test_client()
+
+
+REFUSED: dict[uuid.UUID, str] = {}
+
+
+def test_a_token_the_account_check_refuses_is_401_asking_to_sign_in_again(checked_client, keys):
+    user_id = uuid.uuid4()
+    REFUSED[user_id] = "account_inactive"
+    token, _ = _issuer(keys[0]).issue(user_id, ["admin"])
+
+    for path in ("/api/v1/me", "/api/v1/township"):
+        response = checked_client.get(path, headers=_bearer(token))
+
+        _assert_401(response, "token_revoked")
+        assert response.get_json()["error"]["message"] == "登录已失效，请重新登录。"
+
+
+def test_a_token_the_account_check_lets_through_is_let_in(checked_client, keys):
+    token, _ = _issuer(keys[0]).issue(uuid.uuid4(), ["admin"])
+
+    assert checked_client.get("/api/v1/township", headers=_bearer(token)).status_code == 200
+
+
+def test_a_token_carries_its_issue_time_to_the_microsecond(keys):
+    before = datetime.now(UTC)
+    token, _ = _issuer(keys[0]).issue(uuid.uuid4(), ["admin"])
+    public = serialization.load_pem_public_key(keys[1].read_bytes())
+    claims = jwt.decode(token, public, algorithms=["EdDSA"], audience=AUDIENCE)
+
+    assert isinstance(claims["iat"], float)
+    assert before.timestamp() <= claims["iat"] <= datetime.now(UTC).timestamp()
+
+
+def _principal(roles=("admin",), issued_at=None) -> Principal:
+    return Principal(
+        id=uuid.uuid4(), roles=frozenset(roles), issued_at=issued_at or datetime.now(UTC)
+    )
+
+
+def test_refusal_reason_refuses_a_disabled_account():
+    reason = refusal_reason(_principal(), active=False, roles=["admin"], tokens_valid_after=None)
+
+    assert reason == "account_inactive"
+
+
+def test_refusal_reason_refuses_a_token_claiming_a_role_the_account_lost():
+    principal = _principal(roles=("admin", "grid_worker"))
+
+    assert (
+        refusal_reason(principal, active=True, roles=["grid_worker"], tokens_valid_after=None)
+        == "roles_reduced"
+    )
+    # Holding more roles than the token claims is fine: the token only says less.
+    assert (
+        refusal_reason(
+            principal,
+            active=True,
+            roles=["admin", "grid_worker", "supervisor"],
+            tokens_valid_after=None,
+        )
+        is None
+    )
+
+
+def test_refusal_reason_refuses_a_token_issued_before_the_accounts_last_change():
+    issued = datetime.now(UTC)
+    principal = _principal(issued_at=issued)
+
+    before = refusal_reason(
+        principal,
+        active=True,
+        roles=["admin"],
+        tokens_valid_after=issued + timedelta(microseconds=5),
+    )
+    after = refusal_reason(
+        principal,
+        active=True,
+        roles=["admin"],
+        tokens_valid_after=issued - timedelta(microseconds=5),
+    )
+
+    assert (before, after) == ("issued_before_change", None)

@@ -17,7 +17,7 @@ from flask import Flask, abort, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from shared.auth import current_principal, require_roles
+from shared.auth import AccountCheck, current_principal, require_roles
 from shared.db import Database, UTCDateTime
 from shared.pagination import keyset_page
 from shared.settings import ServiceSettings, load_settings
@@ -121,11 +121,15 @@ def _hold(token: str) -> None:
         time.sleep(0.01)
 
 
-def build_app(settings: TinySettings) -> Flask:
+def build_app(settings: TinySettings, account_check: AccountCheck | None = None) -> Flask:
     """The tiny service for given settings (tests build it in-process)."""
     db = Database(settings.sqlalchemy_url, metadata=metadata, producer=settings.service_name)
-    app, api = create_service_app(settings, db, title="tiny")
+    app, api = create_service_app(settings, db, title="tiny", account_check=account_check)
     api.register_blueprint(blp)
+
+    @app.get("/address")
+    def address():
+        return {"remote_addr": request.remote_addr, "scheme": request.scheme}
 
     @app.get("/boom")
     def boom():

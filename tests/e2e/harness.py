@@ -75,6 +75,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "RATE_LIMIT_UPLOADS": "10000 per hour",
             "RATE_LIMIT_LOGIN": "10000 per minute",
             "RATE_LIMIT_LOGIN_IP": "10000 per minute",
+            "RATE_LIMIT_WECHAT_LOGIN_IP": "10000 per minute",
         },
     ),
     ServiceSpec(
@@ -562,7 +563,7 @@ def build_township(harness: Harness, tag: str = "e2e") -> Township:
     area_id = account("area", "赵志刚", "area_leader")
 
     def staff_known() -> bool:
-        known = {s["id"] for s in admin_d.get("/api/v1/staff")}
+        known = {s["id"] for s in admin_d.pages("/api/v1/staff")}
         return {worker_id, leader_id, area_id} <= known
 
     wait_for(staff_known, timeout=20)

@@ -7,22 +7,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Response, current_app
+from flask import Response, current_app, request
 from flask_smorest import Blueprint
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from dispatch import ledger, organisation, services, stats
+from dispatch import ledger, organisation, public, services, stats
 from dispatch.schemas import (
     AreaLeaderIn,
     AreaLeaderOut,
     AssignIn,
     CallbackIn,
     CallbackOut,
+    CallbackQuery,
+    CallbackResultPageOut,
+    CallbackResultsQuery,
     DepartmentChangeIn,
     DepartmentIn,
     DepartmentOut,
+    DepartmentQuery,
+    DuplicateOut,
     EscalateIn,
     ExportQuery,
     GridChangeIn,
@@ -39,12 +44,14 @@ from dispatch.schemas import (
     MemberIn,
     MembersIn,
     NoteIn,
-    PageQuery,
+    PendingCallbackPageOut,
+    PublicFiguresOut,
+    QueuePageOut,
     QueueQuery,
-    ReasonIn,
+    RejectIn,
     ReopenIn,
     ResolveIn,
-    StaffOut,
+    StaffPageOut,
     StaffQuery,
     StatsQuery,
     TasksQuery,
@@ -63,9 +70,13 @@ org = Blueprint("organisation", __name__, url_prefix="/api/v1", description="组
 BEARER = [{"bearerAuth": []}]
 
 # Who reaches dispatch at all: residents, party members and publicists do not.
-STAFF = ("admin", "grid_leader", "grid_worker", "area_leader", "supervisor")
-WORKERS = ("admin", "grid_leader", "grid_worker", "area_leader")
+STAFF = ("admin", "grid_leader", "grid_worker", "area_leader", "supervisor", "department_staff")
+# department_staff: staff of a township department (分管部门) or county department handle the
+# items their department holds.
+WORKERS = ("admin", "grid_leader", "grid_worker", "area_leader", "department_staff")
 OVERSIGHT = ("admin", "area_leader", "supervisor")
+# The ledger: oversight, and department staff for their department's items (scopes.py).
+LEDGER_READERS = (*OVERSIGHT, "department_staff")
 
 
 def _settings() -> DispatchSettings:
@@ -98,12 +109,13 @@ def _page(session: Session, items, next_cursor) -> dict[str, Any]:
 
 
 @blp.get("/queue")
-@require_roles("admin", "grid_leader")
+@require_roles(*STAFF)
 @blp.arguments(QueueQuery, location="query")
-@blp.response(200, IssuePageOut)
+@blp.response(200, QueuePageOut)
 @blp.doc(security=BEARER)
 def get_queue(args: dict[str, Any]):
-    """总管理员待办：未办结的事项，最早反映的在前（网格长只看本网格所在村）。"""
+    """待办：未办结的事项，最早反映的在前。管理员和督导组看全部；网格长、网格员看本网格的事项，
+    以及本网格所在村尚未交办的群众反映（``state=reported``，网格员只读）；包片领导看所包村。"""
     filters = services.QueueFilter(
         village_id=args["village_id"] or args["village"],
         category=args["category"],
@@ -115,6 +127,7 @@ def get_queue(args: dict[str, Any]):
         items, cursor = services.queue(
             session, _me(), filters, cursor=args["cursor"], limit=args["limit"]
         )
+        services.mark_duplicates(session, _settings(), _me(), items)
         return _page(session, items, cursor)
 
 
@@ -139,7 +152,7 @@ def my_tasks(args: dict[str, Any]):
 def get_issue(issue_id: uuid.UUID):
     """事项详情。"""
     with _transaction() as session:
-        return services.annotate(session, [services.get_issue(session, issue_id)])[0]
+        return services.annotate(session, [services.read_issue(session, _me(), issue_id)])[0]
 
 
 @blp.get("/issues/<uuid:issue_id>/history")
@@ -149,7 +162,7 @@ def get_issue(issue_id: uuid.UUID):
 def get_history(issue_id: uuid.UUID):
     """办理记录：每一步的操作人、时间、前后状态和说明。"""
     with _transaction() as session:
-        return services.history(session, issue_id)
+        return services.history(session, issue_id, _me())
 
 
 # --- the life cycle ------------------------------------------------------------------------------
@@ -165,7 +178,8 @@ def _issue_answer(session: Session, issue) -> Any:
 @blp.response(200, IssueOut)
 @blp.doc(security=BEARER)
 def assign(body: dict[str, Any], issue_id: uuid.UUID):
-    """交办：指定办理人、难度分值（1-5）和办理时限（不填按类别默认）。"""
+    """交办：指定办理人（``assignee_id``）或乡镇分管部门（``department_id``，仅管理员），
+    难度分值（1-5）和办理时限（不填按类别默认）。"""
     with _transaction() as session:
         issue = services.assign(session, _settings(), _me(), issue_id, **body)
         return _issue_answer(session, issue)
@@ -173,14 +187,25 @@ def assign(body: dict[str, Any], issue_id: uuid.UUID):
 
 @blp.post("/issues/<uuid:issue_id>/reject")
 @require_roles("admin")
-@blp.arguments(ReasonIn)
+@blp.arguments(RejectIn)
 @blp.response(200, IssueOut)
 @blp.doc(security=BEARER)
 def reject(body: dict[str, Any], issue_id: uuid.UUID):
-    """不予受理（无效或重复的反映），理由群众可见。"""
+    """不予受理（无效或重复的反映），理由群众可见；重复反映可指明原事项（``duplicate_of``，
+    同村未办结或已办结的事项），群众随后可查看原事项的办理进展。"""
     with _transaction() as session:
         issue = services.reject(session, _me(), issue_id, **body)
         return _issue_answer(session, issue)
+
+
+@blp.get("/issues/<uuid:issue_id>/duplicates")
+@require_roles("admin", "grid_leader")
+@blp.response(200, DuplicateOut(many=True))
+@blp.doc(security=BEARER)
+def get_duplicates(issue_id: uuid.UUID):
+    """疑似重复：同村同类、时间和地点相近的未办结事项（近者在前）。"""
+    with _transaction() as session:
+        return services.issue_duplicates(session, _settings(), _me(), issue_id)
 
 
 @blp.post("/issues/<uuid:issue_id>/reopen")
@@ -245,6 +270,7 @@ def escalate(body: dict[str, Any], issue_id: uuid.UUID):
             issue_id,
             department_id=department,
             ledger_prefix=_settings().ledger_prefix,
+            settings=_settings(),
             **body,
         )
         return _issue_answer(session, issue)
@@ -255,16 +281,41 @@ def escalate(body: dict[str, Any], issue_id: uuid.UUID):
 
 @blp.get("/callbacks/pending")
 @require_roles("supervisor", "admin")
-@blp.arguments(PageQuery, location="query")
-@blp.response(200, IssuePageOut)
+@blp.arguments(CallbackQuery, location="query")
+@blp.response(200, PendingCallbackPageOut)
 @blp.doc(security=BEARER)
 def pending_callbacks(args: dict[str, Any]):
-    """待回访（回头看）：曾被评为不满意的已关闭事项，以及按比例抽取的其他事项。"""
+    """待回访（回头看）：曾被评为不满意的已关闭事项，以及按比例抽取的其他事项；
+    可按村（``village_id``）或包片领导（``area_leader_id``）筛选。"""
     with _transaction() as session:
         items, cursor = services.pending_callbacks(
-            session, cursor=args["cursor"], limit=args["limit"]
+            session,
+            cursor=args["cursor"],
+            limit=args["limit"],
+            village_id=args["village_id"],
+            area_leader_id=args["area_leader_id"],
         )
+        services.show_contacts(_me(), items)
         return _page(session, items, cursor)
+
+
+@blp.get("/callbacks")
+@require_roles("supervisor", "admin")
+@blp.arguments(CallbackResultsQuery, location="query")
+@blp.response(200, CallbackResultPageOut)
+@blp.doc(security=BEARER)
+def callback_results(args: dict[str, Any]):
+    """回访记录：已完成的回访结果，最新的在前；可按村、包片领导和是否通过（``passed``）筛选。"""
+    with _transaction() as session:
+        items, cursor = services.callback_results(
+            session,
+            cursor=args["cursor"],
+            limit=args["limit"],
+            village_id=args["village_id"],
+            area_leader_id=args["area_leader_id"],
+            passed=args["passed"],
+        )
+        return {"items": items, "next_cursor": cursor}
 
 
 @blp.post("/issues/<uuid:issue_id>/callbacks")
@@ -282,7 +333,7 @@ def record_callback(body: dict[str, Any], issue_id: uuid.UUID):
 
 
 @blp.get("/ledger")
-@require_roles(*OVERSIGHT)
+@require_roles(*LEDGER_READERS)
 @blp.arguments(LedgerQuery, location="query")
 @blp.response(200, LedgerPageOut)
 @blp.doc(security=BEARER)
@@ -295,18 +346,19 @@ def get_ledger(args: dict[str, Any]):
             department_id=args["department_id"],
             cursor=args["cursor"],
             limit=args["limit"],
+            actor=_me(),
         )
         return {"items": items, "next_cursor": cursor}
 
 
 @blp.get("/ledger/export")
-@require_roles(*OVERSIGHT)
+@require_roles(*LEDGER_READERS)
 @blp.arguments(ExportQuery, location="query")
 @blp.doc(security=BEARER)
 def export_ledger(args: dict[str, Any]):
     """导出台账（CSV 或 XLSX；中文表头，北京时间）。"""
     with _transaction() as session:
-        data = ledger.rows(session, args["status"])
+        data = ledger.rows(session, args["status"], _me())
         if args["format"] == "xlsx":
             body = ledger.to_xlsx(data)
             mimetype = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -323,7 +375,7 @@ def export_ledger(args: dict[str, Any]):
 
 
 @blp.post("/ledger/<uuid:entry_id>/progress")
-@require_roles("admin", "area_leader")
+@require_roles("admin", "area_leader", "department_staff")
 @blp.arguments(LedgerProgressIn)
 @blp.response(201, LedgerEntryOut)
 @blp.doc(security=BEARER)
@@ -353,6 +405,25 @@ def get_stats(args: dict[str, Any]):
     from shared.events import json_safe
 
     return json_safe(result)
+
+
+@blp.get("/public/figures")
+@blp.alt_response(200, schema=PublicFiguresOut, description="乡镇公开数据")
+@blp.doc(security=[])
+def get_public_figures():
+    """乡镇公开数据（小程序首页，无需登录）：受理总数、各类数量、办结数、办结率和满意率；
+    只有汇总数字，不含任何个人信息。"""
+    seconds = _settings().public_figures_cache_seconds
+
+    def compute() -> dict[str, Any]:
+        with _transaction() as session:
+            return PublicFiguresOut().dump(public.figures(session))
+
+    cached = public.cache_of(current_app, seconds).get(compute)
+    response = Response(cached.body, mimetype="application/json")
+    response.set_etag(cached.etag, weak=True)
+    response.headers["Cache-Control"] = f"public, max-age={seconds}"
+    return response.make_conditional(request)
 
 
 # --- organisation --------------------------------------------------------------------------------
@@ -478,12 +549,13 @@ def set_area_leader(body: dict[str, Any], user_id: uuid.UUID):
 
 @org.get("/departments")
 @require_roles(*STAFF)
+@org.arguments(DepartmentQuery, location="query")
 @org.response(200, DepartmentOut(many=True))
 @org.doc(security=BEARER)
-def list_departments():
-    """县级部门列表。"""
+def list_departments(args: dict[str, Any]):
+    """部门列表：乡镇分管部门（``kind=township``）和县级部门（``kind=county``），含部门人员。"""
     with _transaction() as session:
-        return organisation.list_departments(session)
+        return organisation.list_departments(session, args["kind"])
 
 
 @org.post("/departments")
@@ -492,7 +564,7 @@ def list_departments():
 @org.response(201, DepartmentOut)
 @org.doc(security=BEARER)
 def create_department(body: dict[str, Any]):
-    """新增县级部门。"""
+    """新增部门（乡镇分管部门或县级部门），可同时设置部门人员（``member_ids``）。"""
     with _transaction() as session:
         return organisation.create_department(session, body)
 
@@ -503,7 +575,7 @@ def create_department(body: dict[str, Any]):
 @org.response(200, DepartmentOut)
 @org.doc(security=BEARER)
 def change_department(body: dict[str, Any], department_id: uuid.UUID):
-    """修改或停用县级部门。"""
+    """修改或停用部门，或设置部门人员（``member_ids``，整体替换）。"""
     with _transaction() as session:
         return organisation.change_department(session, department_id, body)
 
@@ -511,9 +583,13 @@ def change_department(body: dict[str, Any], department_id: uuid.UUID):
 @org.get("/staff")
 @require_roles(*STAFF)
 @org.arguments(StaffQuery, location="query")
-@org.response(200, StaffOut(many=True))
+@org.response(200, StaffPageOut)
 @org.doc(security=BEARER)
 def list_staff(args: dict[str, Any]):
-    """调度服务已知的工作人员（来自受理服务的账号事件），可按角色筛选。"""
+    """工作人员（来自受理服务的账号事件，不含群众），按姓名分页，可按角色筛选；
+    手机号仅管理员可见。"""
     with _transaction() as session:
-        return organisation.list_staff(session, args["role"])
+        items, cursor = organisation.list_staff(
+            session, _me(), args["role"], cursor=args["cursor"], limit=args["limit"]
+        )
+        return {"items": items, "next_cursor": cursor}

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from dispatch.models import Base
+from dispatch.models import Base, Staff
 from dispatch.settings import DispatchSettings
+from shared.auth import AccountCheck, Principal, refusal_reason
 from shared.db import Database
 from shared.metrics import ScrapeGauge
 from shared.settings import load_settings
@@ -38,6 +39,26 @@ def _overdue(db: Database) -> Callable[[], float]:
     return read
 
 
+def _account_check(db: Database) -> AccountCheck:
+    """Refuse a token whose account intake has since disabled, demoted or re-passworded, as told
+    by the staff snapshot kept from ``account.upserted``. An account the snapshot has not heard
+    of yet (its event still on the way) is let in on its signed token alone."""
+
+    def check(principal: Principal) -> str | None:
+        with db.transaction() as session:
+            staff = session.get(Staff, principal.id)
+            if staff is None:
+                return None
+            return refusal_reason(
+                principal,
+                active=staff.active,
+                roles=staff.roles or [],
+                tokens_valid_after=staff.tokens_valid_after,
+            )
+
+    return check
+
+
 def create_app(settings: DispatchSettings | None = None) -> Flask:
     """Build the dispatch web app; nothing connects until the first request needs it."""
     settings = settings or load_settings(DispatchSettings)
@@ -49,6 +70,7 @@ def create_app(settings: DispatchSettings | None = None) -> Flask:
         db,
         title="Service365 dispatch 网格化管理",
         subscriptions=SUBSCRIPTIONS,
+        account_check=_account_check(db),
         scrape_gauges=[
             ScrapeGauge("issues_overdue", "Open work items past their deadline", _overdue(db)),
             ScrapeGauge(

@@ -35,6 +35,7 @@ STATES: dict[str, str] = {
     "reopened": "重新办理",
     "closed": "已关闭",
     "rejected": "不予受理",
+    "withdrawn": "已撤回",
 }
 
 LEVELS: tuple[str, ...] = ("grid", "township", "area_leader", "county")
@@ -80,6 +81,10 @@ ACTIONS: dict[str, str] = {
     "callback": "回访",
     "remind": "到期提醒",
     "overdue": "超期",
+    "urge": "群众催办",
+    "details": "群众补充说明",
+    "withdraw": "群众撤回",
+    "withdraw_declined": "撤回未成功",
 }
 
 # action -> {from state: to state}; anything not listed is refused with a reason.
@@ -98,6 +103,8 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     "auto_close": {"resolved": "closed"},
     "reopen": {"resolved": "reopened", "closed": "reopened"},
     "callback": {"closed": "closed"},  # or "reopened" when it fails
+    # The resident withdraws a report nobody holds yet (撤回); later, dispatch keeps it.
+    "withdraw": {"reported": "withdrawn"},
 }
 
 # Why a step is refused, for the states where a plain "not now" would puzzle the person.
@@ -160,6 +167,8 @@ class WorkItem(Protocol):
     reminded_at: datetime | None
     overdue_at: datetime | None
     overdue_escalated_at: datetime | None
+    urge_count: int
+    last_urged_at: datetime | None
     version: int
 
 
@@ -226,25 +235,54 @@ def due_at_for(
     return now + timedelta(hours=hours)
 
 
+def require_one_holder(assignee_id: uuid.UUID | None, department_id: uuid.UUID | None) -> None:
+    """An assignment names a grid worker or a township department, not both, not neither."""
+    if (assignee_id is None) == (department_id is None):
+        message = "请指定办理人（网格员）或分管部门，二者选一。"
+        raise Invalid(
+            message,
+            code="assignee_or_department",
+            details={"assignee_id": [message], "department_id": [message]},
+        )
+
+
 def assign(
     item: WorkItem,
     *,
-    assignee_id: uuid.UUID,
+    assignee_id: uuid.UUID | None,
     grid_id: uuid.UUID | None,
     grid_leader_id: uuid.UUID | None,
     difficulty: int,
     due_at: datetime,
     now: datetime,
     reassign: bool = False,
+    department_id: uuid.UUID | None = None,
 ) -> Step:
-    """Hand the item to a worker with a difficulty score and a deadline (交办 / 改派)."""
+    """Hand the item to a grid worker, or to a township department (分管部门: its staff handle
+    it at the township level), with a difficulty score and a deadline (交办 / 改派)."""
     if not 1 <= difficulty <= 5:
         raise Invalid("难度分值应在 1 到 5 之间。", code="invalid_difficulty")
+    require_one_holder(assignee_id, department_id)
     action = "reassign" if reassign else "assign"
     if reassign and item.state == "reported":
         action = "assign"  # nothing to re-assign yet: a plain first assignment
     to_state = target_state(action, item.state)
     previous = item.assignee_id
+    previous_department = item.department_id
+    to_level = item.level
+    if department_id is not None:
+        if level_index(item.level) > level_index("township"):
+            raise Conflict(
+                f"该事项已在「{LEVEL_LABELS[item.level]}」层级，不能交给乡镇分管部门；"
+                "如确需降级，请由管理员调整层级并说明理由。",
+                code="level_above_township",
+                details={"level": item.level},
+            )
+        # A township department holds it at the township level; nobody else does.
+        to_level = "township"
+        item.handler_id = None
+    if department_id is not None or item.level != "county":
+        item.department_id = department_id
     item.assignee_id = assignee_id
     item.grid_id = grid_id
     item.grid_leader_id = grid_leader_id
@@ -252,10 +290,16 @@ def assign(
     item.assigned_at = now
     item.started_at = None
     _new_deadline(item, due_at)
-    details = {"assignee_id": assignee_id, "difficulty": difficulty, "due_at": due_at}
+    details = {
+        "assignee_id": assignee_id,
+        "department_id": department_id,
+        "difficulty": difficulty,
+        "due_at": due_at,
+    }
     if action == "reassign":
         details["previous_assignee_id"] = previous
-    return _step(item, action, to_state, details=details)
+        details["previous_department_id"] = previous_department
+    return _step(item, action, to_state, to_level=to_level, details=details)
 
 
 def reject(item: WorkItem, *, reason: str) -> Step:
@@ -266,6 +310,27 @@ def reject(item: WorkItem, *, reason: str) -> Step:
     to_state = target_state("reject", item.state)
     item.reject_reason = reason
     return _step(item, "reject", to_state, note=reason)
+
+
+def withdraw(item: WorkItem, *, reason: str | None) -> Step:
+    """The resident withdraws a report that is not yet assigned (撤回); it leaves the queue."""
+    to_state = target_state("withdraw", item.state)
+    return _step(item, "withdraw", to_state, note=(reason or "").strip() or None)
+
+
+def urge(item: WorkItem, *, now: datetime, text: str | None) -> Step:
+    """The resident urges an open item (催办): counted on it for its holder; no state change."""
+    if item.state not in OPEN_STATES:
+        raise refuse("urge", item.state)
+    item.urge_count = (item.urge_count or 0) + 1
+    item.last_urged_at = now
+    return _step(
+        item,
+        "urge",
+        item.state,
+        note=(text or "").strip() or None,
+        details={"urge_count": item.urge_count},
+    )
 
 
 def start(item: WorkItem, *, now: datetime) -> Step:
@@ -320,6 +385,14 @@ def next_level(level: str) -> str | None:
     return LEVELS[index + 1] if index + 1 < len(LEVELS) else None
 
 
+def check_department_level(to_level: str, department_id: uuid.UUID | None) -> None:
+    """A department holds an item only at the township (分管部门) or the county level."""
+    if department_id is not None and to_level not in ("township", "county"):
+        raise Invalid(
+            "只有乡镇层级（分管部门）和县级层级可以指定部门。", code="department_not_allowed"
+        )
+
+
 def escalate(
     item: WorkItem,
     *,
@@ -329,8 +402,16 @@ def escalate(
     admin_override: bool = False,
     handler_id: uuid.UUID | None = None,
     department_id: uuid.UUID | None = None,
+    due_at: datetime | None = None,
 ) -> Step:
-    """Move the item up a level; only an admin's explicit, reasoned decision moves it down."""
+    """Hand the item to the holder of another level with that level's new deadline.
+
+    It climbs one level at a time (grid → township → area leader → county); only an admin may
+    skip a level or refer it to the county, and only an admin's explicit decision moves it down;
+    every move needs a reason. The grid worker stays on it (``assignee_id``: who knows the case);
+    the level's holder is ``handler_id`` and/or ``department_id`` (a township department at the
+    township, the county department at the county).
+    """
     reason = (reason or "").strip()
     if not reason:
         raise Invalid("请填写升级（调整层级）的理由。", code="reason_required")
@@ -342,6 +423,17 @@ def escalate(
             code="same_level",
             details={"level": item.level},
         )
+    if wanted > current + 1 and not is_admin:
+        raise Forbidden(
+            f"处理层级只能逐级上升（下一级为「{LEVEL_LABELS[LEVELS[current + 1]]}」）；"
+            "越级须由管理员决定并说明理由。",
+            code="level_skip",
+            details={"level": item.level, "next_level": LEVELS[current + 1]},
+        )
+    if to_level == "county" and not is_admin:
+        raise Forbidden(
+            "转县级部门（纳入疑难问题台账）须由管理员决定并说明理由。", code="county_admin_only"
+        )
     if wanted < current:
         if not is_admin:
             raise Forbidden("处理层级只能逐级上升；降级须由管理员决定。", code="level_down")
@@ -352,13 +444,17 @@ def escalate(
             )
     if to_level == "county" and department_id is None:
         raise Invalid("转县级部门时须指定责任部门。", code="department_required")
+    check_department_level(to_level, department_id)
     item.handler_id = handler_id
-    if to_level == "county":
-        item.department_id = department_id
+    item.department_id = department_id
+    if due_at is not None:
+        _new_deadline(item, due_at)
     details = {
         "handler_id": handler_id,
         "department_id": department_id,
         "override": wanted < current,
+        "skipped": wanted > current + 1,
+        "due_at": item.due_at,
     }
     return _step(item, "escalate", to_state, to_level=to_level, note=reason, details=details)
 
@@ -531,6 +627,62 @@ def completion_rate(completed: int, reports: int) -> float:
     if reports == 0:
         return 0.0
     return round(completed * 100 / reports + 1e-12, 2)
+
+
+SATISFIED_RATINGS: frozenset[str] = frozenset({"satisfied", "basically_satisfied"})
+
+
+def satisfaction_rate(satisfied: int, rated: int) -> float:
+    """Percent of rated items rated 满意 or 基本满意, two decimals (0.0 when none is rated)."""
+    return completion_rate(satisfied, rated)
+
+
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres (haversine; plenty for a township's few kilometres)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+@dataclass(frozen=True)
+class DuplicateRule:
+    """When two reports are likely the same problem: same village and category, reported at most
+    ``window`` apart, and at most ``radius_m`` apart when both carry coordinates (a report
+    without them cannot be placed, so village, category and time decide alone)."""
+
+    radius_m: float
+    window: timedelta
+
+    def distance(self, item: Any, other: Any) -> float | None:
+        """Metres between the two reports, or None when either lacks coordinates."""
+        if None in (item.lat, item.lon, other.lat, other.lon):
+            return None
+        return distance_m(item.lat, item.lon, other.lat, other.lon)
+
+    def matches(self, item: Any, other: Any) -> bool:
+        if item.id == other.id:
+            return False
+        if item.village_id != other.village_id or item.category != other.category:
+            return False
+        if abs(item.reported_at - other.reported_at) > self.window:
+            return False
+        distance = self.distance(item, other)
+        return distance is None or distance <= self.radius_m
+
+
+def check_duplicate_of(item: Any, original: Any) -> None:
+    """A report rejected as a duplicate names another report of its village that is open or
+    done (not itself rejected), so that its reporter can follow that one's progress."""
+    if original.id == item.id:
+        raise Invalid("不能把事项标记为自身的重复。", code="duplicate_of_self")
+    if original.village_id != item.village_id:
+        raise Invalid("重复的原事项必须属于同一个村。", code="duplicate_of_other_village")
+    if original.state not in OPEN_STATES | DONE_STATES:
+        raise Invalid("原事项已不予受理，不能作为重复的原事项。", code="duplicate_of_rejected")
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:

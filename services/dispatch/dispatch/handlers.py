@@ -1,4 +1,4 @@
-"""What dispatch consumes: intake's reports, ratings and accounts.
+"""What dispatch consumes: intake's reports, ratings, the residents' follow-ups and accounts.
 
 One ``handle_<event>`` per event type and the one table ``SUBSCRIPTIONS`` the worker binds.
 Each handler declares only the fields it reads (tolerant reader). The consumer runs it in the
@@ -6,7 +6,8 @@ transaction that records the event id, so a redelivery changes nothing.
 
 Published by dispatch (``services.py``, ``organisation.py``, ``scheduler.py``): issue.assigned,
 issue.started, issue.escalated, issue.overdue, issue.reminder_due, issue.resolved,
-issue.reopened, issue.closed, issue.rejected, issue.callback_recorded (each with
+issue.reopened, issue.closed, issue.rejected, issue.callback_recorded,
+issue.withdrawal_declined (each with
 ``issue_version`` and ``snapshot``: ``services.emit_issue``), village.upserted (with ``revision``).
 """
 
@@ -44,6 +45,21 @@ class ReportedData(_Tolerant):
     lon = fields.Float(load_default=None, allow_none=True)
     photo_ids = fields.List(fields.UUID(), load_default=list, allow_none=True)
     reported_at = fields.AwareDateTime(required=True)
+    contact_name = fields.String(load_default=None, allow_none=True)
+    contact_phone = fields.String(load_default=None, allow_none=True)
+    submitted_by = fields.UUID(load_default=None, allow_none=True)
+
+
+class FollowUpData(_Tolerant):
+    """intake's ``issue.urged`` / ``issue.details_added`` / ``issue.withdrawn``."""
+
+    issue_id = fields.UUID(required=True)
+    reporter_id = fields.UUID(load_default=None, allow_none=True)
+    text = fields.String(load_default=None, allow_none=True)
+    photo_ids = fields.List(fields.UUID(), load_default=list, allow_none=True)
+    urged_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    added_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    withdrawn_at = fields.AwareDateTime(load_default=None, allow_none=True)
 
 
 class RatedData(_Tolerant):
@@ -63,6 +79,7 @@ class AccountData(_Tolerant):
     village_id = fields.UUID(load_default=None, allow_none=True)
     active = fields.Boolean(load_default=True)
     revision = fields.Integer(load_default=None, allow_none=True)
+    tokens_valid_after = fields.AwareDateTime(load_default=None, allow_none=True)
 
 
 _settings: DispatchSettings | None = None
@@ -117,8 +134,26 @@ def handle_account_upserted(session: Session, event: Envelope) -> None:
     services.upsert_staff(session, AccountData().load(event.data))
 
 
+def handle_issue_urged(session: Session, event: Envelope) -> None:
+    """催办: counted on the item (``urge_count``, ``last_urged_at``) for its holder to see."""
+    services.receive_urge(session, FollowUpData().load(event.data), event.occurred_at)
+
+
+def handle_issue_details_added(session: Session, event: Envelope) -> None:
+    """补充说明: the resident's words and photos join the item's history."""
+    services.receive_details(session, FollowUpData().load(event.data), event.occurred_at)
+
+
+def handle_issue_withdrawn(session: Session, event: Envelope) -> None:
+    """撤回: the item leaves the queue, unless it was assigned meanwhile (then it is kept)."""
+    services.receive_withdrawal(session, FollowUpData().load(event.data), event.occurred_at)
+
+
 SUBSCRIPTIONS = {
     "issue.reported": handle_issue_reported,
+    "issue.urged": handle_issue_urged,
+    "issue.details_added": handle_issue_details_added,
+    "issue.withdrawn": handle_issue_withdrawn,
     "issue.rated": handle_issue_rated,
     "account.upserted": handle_account_upserted,
 }

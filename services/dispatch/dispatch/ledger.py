@@ -1,22 +1,22 @@
 """The hard-problems ledger (疑难问题台账) as a file for the county: CSV (UTF-8 with BOM, so
-Excel opens it) or XLSX, with Chinese headers and Asia/Shanghai times."""
+Excel opens it) or XLSX, with Chinese headers and Asia/Shanghai times; written through
+``shared.export`` so a resident's text never becomes a formula."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 from datetime import datetime
 
 import sqlalchemy as sa
-from openpyxl import Workbook
-from openpyxl.styles import Alignment, Font
 from sqlalchemy.orm import Session, selectinload
 
+from dispatch import scopes
 from dispatch.domain import CATEGORIES, STATES
 from dispatch.models import Issue, LedgerEntry, Village
 from dispatch.services import LEDGER_STATUSES
+from shared.auth import Principal
 from shared.clock import to_local
+from shared.export import csv_bytes, xlsx_bytes
 
 HEADERS = (
     "台账编号",
@@ -39,8 +39,11 @@ def _when(moment: datetime | None) -> str:
     return to_local(moment).strftime("%Y-%m-%d %H:%M") if moment else ""
 
 
-def rows(session: Session, status: str | None = None) -> Iterator[list[str]]:
-    """One row per ledger item, oldest referral first; progress notes one per line."""
+def rows(
+    session: Session, status: str | None = None, actor: Principal | None = None
+) -> Iterator[list[str]]:
+    """One row per ledger item, oldest referral first; progress notes one per line (``actor``
+    given: only the items they may read, e.g. an area leader's villages)."""
     stmt = (
         sa.select(LedgerEntry, Issue, Village.name)
         .join(Issue, Issue.id == LedgerEntry.issue_id)
@@ -50,6 +53,8 @@ def rows(session: Session, status: str | None = None) -> Iterator[list[str]]:
     )
     if status:
         stmt = stmt.where(LedgerEntry.status == status)
+    if actor is not None:
+        stmt = stmt.where(scopes.visible_issues(session, actor))
     for entry, issue, village in session.execute(stmt):
         progress = "\n".join(f"{_when(p.created_at)} {p.text}" for p in entry.progress)
         yield [
@@ -69,28 +74,8 @@ def rows(session: Session, status: str | None = None) -> Iterator[list[str]]:
 
 
 def to_csv(data: Iterator[list[str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(HEADERS)
-    writer.writerows(data)
-    return ("\ufeff" + buffer.getvalue()).encode("utf-8")
+    return csv_bytes(HEADERS, data)
 
 
 def to_xlsx(data: Iterator[list[str]]) -> bytes:
-    book = Workbook()
-    sheet = book.active
-    sheet.title = "疑难问题台账"
-    sheet.append(list(HEADERS))
-    for cell in sheet[1]:
-        cell.font = Font(bold=True)
-    for row in data:
-        sheet.append(row)
-    for index, width in enumerate(WIDTHS, start=1):
-        sheet.column_dimensions[sheet.cell(row=1, column=index).column_letter].width = width
-    for row in sheet.iter_rows(min_row=2):
-        for cell in row:
-            cell.alignment = Alignment(wrap_text=True, vertical="top")
-    sheet.freeze_panes = "A2"
-    buffer = io.BytesIO()
-    book.save(buffer)
-    return buffer.getvalue()
+    return xlsx_bytes(HEADERS, data, title="疑难问题台账", widths=WIDTHS)

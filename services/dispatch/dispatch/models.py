@@ -44,6 +44,8 @@ class Staff(Base):
     # The account's ``revision`` in intake's last applied ``account.upserted``; None: not known
     # (a row from before revisions, or made here), so any snapshot is taken.
     revision: Mapped[int | None]
+    # The account's last password, role or status change: tokens issued before it are refused.
+    tokens_valid_after: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -94,17 +96,41 @@ class GridMember(Base):
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+DEPARTMENT_KINDS: dict[str, str] = {"township": "乡镇分管部门", "county": "县级部门"}
+
+
 class Department(Base):
-    """A county department that hard problems are referred to (县水利局, 县供电公司, ...)."""
+    """A township department the admin hands items to (分管部门: 综治办, 农业办, 民政所), or a
+    county department hard problems are referred to (县水利局, 县供电公司, ...)."""
 
     __tablename__ = "departments"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     code: Mapped[str] = mapped_column(sa.String(32), unique=True)
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # ``township`` or ``county`` (DEPARTMENT_KINDS).
+    kind: Mapped[str] = mapped_column(sa.String(16), default="county", server_default="county")
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    # Loaded with the department: the answer is dumped after the request's transaction closed.
+    members: Mapped[list[DepartmentMember]] = relationship(
+        cascade="all, delete-orphan", order_by="DepartmentMember.added_at", lazy="selectin"
+    )
+
+
+class DepartmentMember(Base):
+    """A department's staff member (role ``department_staff``), by user id: they handle the
+    department's items."""
+
+    __tablename__ = "department_members"
+
+    department_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("departments.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True, index=True)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Issue(Base):
@@ -119,6 +145,7 @@ class Issue(Base):
         _partial("ix_issues_tasks", "assignee_id", "due_at", "id", where=WORKING),
         _partial("ix_issues_followed", "follower_id", "due_at", "id", where=WORKING),
         _partial("ix_issues_handled", "handler_id", "due_at", "id", where=OPEN),
+        _partial("ix_issues_department", "department_id", "due_at", "id", where=WORKING),
         _partial("ix_issues_remind", "due_at", where=f"{WORKING} AND reminded_at IS NULL"),
         _partial("ix_issues_overdue", "due_at", where=f"{WORKING} AND overdue_at IS NULL"),
         _partial(
@@ -153,6 +180,14 @@ class Issue(Base):
     lon: Mapped[float | None]
     photo_ids: Mapped[list] = mapped_column(default=list)
     reported_at: Mapped[datetime]
+    # The resident's contact for a phone callback: shown to supervisors on the callback list only.
+    contact_name: Mapped[str | None] = mapped_column(sa.String(64))
+    contact_phone: Mapped[str | None] = mapped_column(sa.String(32))
+    # The staff member who reported on the resident's behalf (代办/帮办).
+    submitted_by: Mapped[uuid.UUID | None]
+    # 催办: how often the resident urged the item, and when last (the holder sees both).
+    urge_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_urged_at: Mapped[datetime | None]
 
     state: Mapped[str] = mapped_column(sa.String(16), default="reported")
     level: Mapped[str] = mapped_column(sa.String(16), default="grid")
@@ -175,6 +210,8 @@ class Issue(Base):
     closed_at: Mapped[datetime | None]
     rating: Mapped[str | None] = mapped_column(sa.String(24))
     reject_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Rejected as a duplicate of this (open or done) report of the same village.
+    duplicate_of_id: Mapped[uuid.UUID | None]
     ever_unsatisfied: Mapped[bool] = mapped_column(default=False)
     # NULL: not yet sampled; pending / not_sampled / passed / failed.
     callback_status: Mapped[str | None] = mapped_column(sa.String(16))

@@ -14,9 +14,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
-from dispatch.models import Department, Grid, GridMember, Staff, Village
+from dispatch.models import (
+    Department,
+    DepartmentMember,
+    Grid,
+    GridMember,
+    Issue,
+    LedgerEntry,
+    Staff,
+    Village,
+)
+from shared.auth import STAFF_ROLES, Principal
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events import emit
+from shared.pagination import encode_cursor, keyset_page
 
 
 def _announce_village(session: Session, village: Village) -> None:
@@ -266,22 +277,59 @@ def set_area_leader_villages(
 # --- departments --------------------------------------------------------------------------------
 
 
-def list_departments(session: Session) -> list[Department]:
-    return list(session.scalars(sa.select(Department).order_by(Department.code)))
+def list_departments(session: Session, kind: str | None = None) -> list[Department]:
+    """Township departments (分管部门) and county departments, optionally of one kind."""
+    stmt = sa.select(Department).order_by(Department.kind.desc(), Department.code)
+    if kind:
+        stmt = stmt.where(Department.kind == kind)
+    return list(session.scalars(stmt))
 
 
 def create_department(session: Session, data: dict[str, Any]) -> Department:
+    """A township department (``kind=township``) or a county department, with its staff."""
     dept_id = data.get("id") or uuid.uuid4()
     if session.get(Department, dept_id) is not None:
         raise Conflict("该部门编号已存在。", code="department_exists")
     _unique(session, Department, "code", data["code"], dept_id, "部门代码")
     _unique(session, Department, "name", data["name"], dept_id, "部门名称")
     department = Department(
-        id=dept_id, code=data["code"], name=data["name"], active=data.get("active", True)
+        id=dept_id,
+        code=data["code"],
+        name=data["name"],
+        kind=data.get("kind") or "county",
+        active=data.get("active", True),
     )
     session.add(department)
     session.flush()
+    set_department_members(session, department, data.get("member_ids") or [])
     return department
+
+
+def set_department_members(
+    session: Session, department: Department, user_ids: Sequence[uuid.UUID]
+) -> Department:
+    """Make the department's staff exactly ``user_ids`` (order kept, duplicates refused).
+
+    By user id, like grid members: a person may be named before their account reaches dispatch;
+    only those holding the ``department_staff`` role act for the department."""
+    if len(set(user_ids)) != len(user_ids):
+        raise Invalid("部门人员不能重复。", code="duplicate_member")
+    current = {m.user_id: m for m in department.members}
+    for user_id, member in current.items():
+        if user_id not in user_ids:
+            department.members.remove(member)
+    for user_id in user_ids:
+        if user_id not in current:
+            member = DepartmentMember(department_id=department.id, user_id=user_id)
+            department.members.append(member)
+    session.flush()
+    return department
+
+
+def _department_in_use(session: Session, department_id: uuid.UUID) -> bool:
+    held = sa.select(Issue.id).where(Issue.department_id == department_id).limit(1)
+    ledger = sa.select(LedgerEntry.id).where(LedgerEntry.department_id == department_id).limit(1)
+    return session.scalar(held) is not None or session.scalar(ledger) is not None
 
 
 def change_department(
@@ -294,9 +342,18 @@ def change_department(
         _unique(session, Department, "code", changes["code"], department.id, "部门代码")
     if "name" in changes:
         _unique(session, Department, "name", changes["name"], department.id, "部门名称")
-    for field in ("code", "name", "active"):
+    kind = changes.get("kind", department.kind)
+    if kind != department.kind and _department_in_use(session, department.id):
+        raise Conflict(
+            "该部门已有交办或台账事项，不能更改部门类型。",
+            code="department_in_use",
+            details={"kind": department.kind},
+        )
+    for field in ("code", "name", "kind", "active"):
         if field in changes:
             setattr(department, field, changes[field])
+    if "member_ids" in changes:
+        set_department_members(session, department, changes["member_ids"])
     session.flush()
     return department
 
@@ -304,7 +361,39 @@ def change_department(
 # --- staff -------------------------------------------------------------------------------------
 
 
-def list_staff(session: Session, role: str | None = None) -> list[Staff]:
-    """The people dispatch knows from intake (a few hundred: filtered here, not in SQL)."""
-    people = session.scalars(sa.select(Staff).order_by(Staff.name, Staff.id))
-    return [s for s in people if role is None or role in (s.roles or [])]
+def list_staff(
+    session: Session,
+    viewer: Principal,
+    role: str | None = None,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Staff], str | None]:
+    """One page of the staff dispatch knows from intake, by name: people holding a staff role
+    (residents are not listed), optionally one role. Phones are shown to admins only
+    (``shown_phone``, set on the rows for the answer, never stored).
+
+    Roles are a JSON list, so the filter runs here over keyset batches of the ordered table
+    (a few hundred people), not in SQL; the cursor is still (name, id).
+    """
+    wanted = {role} if role else set(STAFF_ROLES)
+    found: list[Staff] = []
+    batch_cursor = cursor
+    while len(found) <= limit:
+        rows, batch_cursor = keyset_page(
+            session,
+            sa.select(Staff),
+            order=[Staff.name.asc(), Staff.id.asc()],
+            key=lambda s: [s.name, s.id],
+            cursor=batch_cursor,
+            limit=200,
+        )
+        found += [s for s in rows if wanted.intersection(s.roles or [])]
+        if batch_cursor is None:
+            break
+    items = found[:limit]
+    next_cursor = encode_cursor([items[-1].name, items[-1].id]) if len(found) > limit else None
+    admin = viewer.has("admin")
+    for staff in items:
+        staff.shown_phone = staff.phone if admin else None  # type: ignore[attr-defined]
+    return items, next_cursor

@@ -177,8 +177,15 @@ def escalate_batch(session: Session, settings: DispatchSettings, now: datetime) 
         if target is None or target == "county":
             _note(session, issue, "overdue", "超期已过宽限期，需由管理员决定是否转县级部门。", now)
             continue
+        # The new level's holder gets the new level's time limit (a new deadline, not overdue).
         services.escalate(
-            session, None, issue.id, to_level=target, reason=AUTO_ESCALATION_REASON, now=now
+            session,
+            None,
+            issue.id,
+            to_level=target,
+            reason=AUTO_ESCALATION_REASON,
+            settings=settings,
+            now=now,
         )
         done += 1
     return len(issues), done

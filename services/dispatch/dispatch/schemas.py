@@ -7,7 +7,9 @@ from datetime import UTC, datetime, time, timedelta
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from dispatch.domain import CATEGORIES, LEVEL_LABELS, LEVELS, OPEN_STATES, STATES, is_overdue
+from dispatch.models import DEPARTMENT_KINDS
 from dispatch.services import LEDGER_STATUSES
+from shared.auth import STAFF_ROLES
 from shared.clock import SHANGHAI, LocalDateTime, utcnow
 
 UUIDS = fields.List(fields.UUID(), load_default=list, validate=validate.Length(max=9))
@@ -31,7 +33,9 @@ class VersionIn(_In):
 
 
 class AssignIn(VersionIn):
-    assignee_id = fields.UUID(required=True)
+    # One of the two: a grid worker or leader, or (admins only) a township department.
+    assignee_id = fields.UUID(load_default=None, allow_none=True)
+    department_id = fields.UUID(load_default=None, allow_none=True)
     difficulty = fields.Integer(required=True, validate=validate.Range(min=1, max=5))
     due_at = LocalDateTime(load_default=None, allow_none=True)
     due_in_hours = fields.Float(
@@ -44,9 +48,21 @@ class AssignIn(VersionIn):
         if data.get("due_at") is not None and data.get("due_in_hours") is not None:
             raise ValidationError("截止时间和办理时限只能填写一项。", field_name="due_at")
 
+    @validates_schema
+    def _one_holder(self, data, **_kw):
+        if (data.get("assignee_id") is None) == (data.get("department_id") is None):
+            raise ValidationError(
+                "请指定办理人（网格员）或分管部门，二者选一。", field_name="assignee_id"
+            )
+
 
 class ReasonIn(VersionIn):
     reason = fields.String(required=True, validate=validate.Length(min=2, max=1000))
+
+
+class RejectIn(ReasonIn):
+    # Rejected as a duplicate of this report (open or done, same village): its reporter follows it.
+    duplicate_of = fields.UUID(load_default=None, allow_none=True)
 
 
 class ReopenIn(_In):
@@ -70,6 +86,8 @@ class ResolveIn(VersionIn):
 class EscalateIn(VersionIn):
     to_level = fields.String(required=True, validate=validate.OneOf(LEVELS))
     reason = fields.String(required=True, validate=validate.Length(min=2, max=1000))
+    # county: the county department (required); township: a township department (optional,
+    # admins only; none: the township admins hold it).
     department = fields.UUID(load_default=None, allow_none=True)
     admin_override = fields.Boolean(load_default=False)
 
@@ -116,7 +134,10 @@ class ExportQuery(_Query):
 class LocalDay(fields.Field):
     """A day (``2026-11-28``, Asia/Shanghai) or a full ISO-8601 time, loaded as UTC."""
 
-    default_error_messages = {"invalid": "应为日期（YYYY-MM-DD）或 ISO-8601 时间。"}
+    default_error_messages = {
+        "invalid": "应为日期（YYYY-MM-DD）或 ISO-8601 时间。",
+        "out_of_range": "日期超出可用范围。",
+    }
 
     def __init__(self, *, end: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -132,11 +153,13 @@ class LocalDay(fields.Field):
                     day = day + timedelta(days=1)
                 return datetime.combine(day, time(), SHANGHAI).astimezone(UTC)
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=SHANGHAI)
+            return moment.astimezone(UTC)
         except ValueError:
             raise self.make_error("invalid") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=SHANGHAI)
-        return moment.astimezone(UTC)
+        except OverflowError:  # the calendar's ends (0001-01-01, 9999-12-31) in another zone
+            raise self.make_error("out_of_range") from None
 
 
 class StatsQuery(_Query):
@@ -146,8 +169,20 @@ class StatsQuery(_Query):
     category = fields.String(load_default=None, validate=validate.OneOf(list(CATEGORIES)))
 
 
-class StaffQuery(_Query):
-    role = fields.String(load_default=None)
+class StaffQuery(PageQuery):
+    role = fields.String(
+        load_default=None,
+        validate=validate.OneOf(sorted(STAFF_ROLES), error="未知的工作人员角色。"),
+    )
+
+
+class CallbackQuery(PageQuery):
+    village_id = fields.UUID(load_default=None)
+    area_leader_id = fields.UUID(load_default=None)
+
+
+class CallbackResultsQuery(CallbackQuery):
+    passed = fields.Boolean(load_default=None, allow_none=True)
 
 
 class GridQuery(_Query):
@@ -182,6 +217,7 @@ class IssueOut(Schema):
     handler_id = fields.UUID(allow_none=True)
     follower_id = fields.UUID(allow_none=True)
     department_id = fields.UUID(allow_none=True)
+    department_name = fields.Function(lambda i: getattr(i, "department_name", None))
     difficulty = fields.Integer(allow_none=True)
     due_at = LocalDateTime(allow_none=True)
     overdue = fields.Function(lambda i: is_overdue(i, utcnow()))
@@ -194,12 +230,42 @@ class IssueOut(Schema):
     closed_at = LocalDateTime(allow_none=True)
     rating = fields.String(allow_none=True)
     reject_reason = fields.String(allow_none=True)
+    duplicate_of_id = fields.UUID(allow_none=True)
     callback_status = fields.String(allow_none=True)
+    # 代办: the staff member who reported for the resident; 催办: how often and when last.
+    submitted_by = fields.UUID(allow_none=True)
+    urge_count = fields.Integer()
+    last_urged_at = LocalDateTime(allow_none=True)
     version = fields.Integer()
 
 
 class IssuePageOut(Schema):
     items = fields.List(fields.Nested(IssueOut))
+    next_cursor = fields.String(allow_none=True)
+
+
+class DuplicateOut(Schema):
+    """A likely duplicate: an open report of the same village and category, close in time and
+    place (``distance_m`` null when either report has no coordinates)."""
+
+    id = fields.UUID()
+    ticket_no = fields.String(allow_none=True)
+    reported_at = LocalDateTime()
+    distance_m = fields.Integer(allow_none=True)
+    state = fields.String()
+    state_label = fields.Function(lambda d: STATES.get(d["state"], d["state"]))
+    level = fields.String()
+
+
+class QueueItemOut(IssueOut):
+    possible_duplicates = fields.Function(
+        lambda i: DuplicateOut(many=True).dump(getattr(i, "possible_duplicates", [])),
+        metadata={"description": "疑似重复：同村同类、时间和地点相近的未办结事项"},
+    )
+
+
+class QueuePageOut(Schema):
+    items = fields.List(fields.Nested(QueueItemOut))
     next_cursor = fields.String(allow_none=True)
 
 
@@ -217,6 +283,19 @@ class HistoryOut(Schema):
     occurred_at = LocalDateTime()
 
 
+class PendingCallbackOut(IssueOut):
+    """An item waiting for a callback, with the resident's contact for a phone callback: whole
+    for supervisors (who call), masked for anyone else (``services.show_contacts``)."""
+
+    contact_name = fields.Function(lambda i: getattr(i, "shown_contact_name", None))
+    contact_phone = fields.Function(lambda i: getattr(i, "shown_contact_phone", None))
+
+
+class PendingCallbackPageOut(Schema):
+    items = fields.List(fields.Nested(PendingCallbackOut))
+    next_cursor = fields.String(allow_none=True)
+
+
 class CallbackOut(Schema):
     id = fields.UUID()
     issue_id = fields.UUID()
@@ -228,6 +307,28 @@ class CallbackOut(Schema):
     passed = fields.Boolean()
     notes = fields.String(allow_none=True)
     recorded_at = LocalDateTime()
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+class CallbackResultOut(CallbackOut):
+    """A recorded callback with its item's ticket, category and village (the results history)."""
+
+    supervisor_name = fields.Function(lambda c: getattr(c, "supervisor_name", None))
+    ticket_no = fields.Function(lambda c: getattr(c, "ticket_no", None))
+    category = fields.Function(lambda c: getattr(c, "category", None))
+    category_label = fields.Function(
+        lambda c: CATEGORIES.get(getattr(c, "category", None) or "", None)
+    )
+    village_id = fields.Function(lambda c: _text(getattr(c, "village_id", None)))
+    village_name = fields.Function(lambda c: getattr(c, "village_name", None))
+
+
+class CallbackResultPageOut(Schema):
+    items = fields.List(fields.Nested(CallbackResultOut))
+    next_cursor = fields.String(allow_none=True)
 
 
 # --- ledger --------------------------------------------------------------------------------------
@@ -340,30 +441,78 @@ class AreaLeaderOut(Schema):
     villages = fields.List(fields.Nested(VillageRefOut))
 
 
+DEPARTMENT_KIND = validate.OneOf(list(DEPARTMENT_KINDS), error="部门类型应为 township 或 county。")
+
+
 class DepartmentIn(_In):
     id = fields.UUID(load_default=None)
     code = fields.String(required=True, validate=validate.Length(min=1, max=32))
     name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    kind = fields.String(load_default="county", validate=DEPARTMENT_KIND)
     active = fields.Boolean(load_default=True)
+    # The department's staff (role department_staff), by user id.
+    member_ids = fields.List(fields.UUID(), load_default=list, validate=validate.Length(max=200))
 
 
 class DepartmentChangeIn(_In):
     code = fields.String(validate=validate.Length(min=1, max=32))
     name = fields.String(validate=validate.Length(min=1, max=64))
+    kind = fields.String(validate=DEPARTMENT_KIND)
     active = fields.Boolean()
+    member_ids = fields.List(fields.UUID(), validate=validate.Length(max=200))
+
+
+class DepartmentQuery(_Query):
+    kind = fields.String(load_default=None, validate=DEPARTMENT_KIND)
 
 
 class DepartmentOut(Schema):
     id = fields.UUID()
     code = fields.String()
     name = fields.String()
+    kind = fields.String()
+    kind_label = fields.Function(lambda d: DEPARTMENT_KINDS.get(d.kind, d.kind))
     active = fields.Boolean()
+    member_ids = fields.Function(lambda d: [str(m.user_id) for m in d.members])
 
 
 class StaffOut(Schema):
     id = fields.UUID()
     name = fields.String()
-    phone = fields.String(allow_none=True)
+    # Admins only (``organisation.list_staff`` sets ``shown_phone``); null for anyone else.
+    phone = fields.Function(lambda s: getattr(s, "shown_phone", None), allow_none=True)
     roles = fields.List(fields.String())
     village_id = fields.UUID(allow_none=True)
     active = fields.Boolean()
+
+
+class StaffPageOut(Schema):
+    items = fields.List(fields.Nested(StaffOut))
+    next_cursor = fields.String(allow_none=True)
+
+
+# --- public figures (no login) -------------------------------------------------------------------
+
+
+class PublicCategoryOut(Schema):
+    category = fields.String()
+    label = fields.String()
+    reports = fields.Integer()
+    completed = fields.Integer()
+    completion_rate = fields.Float()
+
+
+class PublicFiguresOut(Schema):
+    """Aggregates only: nobody's name, phone, report text or id."""
+
+    reports = fields.Integer()
+    completed = fields.Integer()
+    completion_rate = fields.Float(metadata={"description": "办结率（%，两位小数）"})
+    open = fields.Integer(metadata={"description": "未办结"})
+    rated = fields.Integer(metadata={"description": "已评价"})
+    satisfied = fields.Integer(metadata={"description": "满意与基本满意"})
+    satisfaction_rate = fields.Float(
+        metadata={"description": "满意率：满意与基本满意占已评价的百分比"}
+    )
+    by_category = fields.List(fields.Nested(PublicCategoryOut))
+    as_of = LocalDateTime()

@@ -16,14 +16,15 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import flag_modified
 
-from dispatch import domain
+from dispatch import domain, scopes
 from dispatch.metrics import RATINGS_NOT_APPLIED
 from dispatch.models import (
     Callback,
     Department,
+    DepartmentMember,
     Grid,
     GridMember,
     Issue,
@@ -106,16 +107,35 @@ def _check_expected(issue: Issue, version: int | None) -> None:
     domain.check_version(issue, version)
 
 
+def _in_holding_department(issue: Issue, actor: Principal) -> bool:
+    """The actor is staff (``department_staff``) of the department holding the item (a township
+    department it was handed to, or the county department it was referred to)."""
+    if issue.department_id is None or not actor.has("department_staff"):
+        return False
+    session = object_session(issue)
+    return (
+        session is not None
+        and session.get(DepartmentMember, (issue.department_id, actor.id)) is not None
+    )
+
+
 def _may_act(issue: Issue, actor: Principal) -> bool:
-    return actor.has("admin") or actor.id in (issue.assignee_id, issue.handler_id)
+    return (
+        actor.has("admin")
+        or actor.id in (issue.assignee_id, issue.handler_id)
+        or _in_holding_department(issue, actor)
+    )
 
 
 def _capacity(issue: Issue, actor: Principal) -> str:
-    """``assignee``, ``handler`` (the holder at township/area-leader/county level) or ``admin``."""
+    """``assignee``, ``handler`` (the holder at township/area-leader/county level),
+    ``department`` (staff of the holding department) or ``admin``."""
     if actor.id == issue.assignee_id:
         return "assignee"
     if actor.id == issue.handler_id:
         return "handler"
+    if _in_holding_department(issue, actor):
+        return "department"
     return "admin"
 
 
@@ -143,11 +163,15 @@ def receive_report(session: Session, data: dict[str, Any]) -> Issue | None:
         lon=data.get("lon"),
         photo_ids=[str(p) for p in data.get("photo_ids") or []],
         reported_at=data["reported_at"],
+        contact_name=data.get("contact_name"),
+        contact_phone=data.get("contact_phone"),
+        submitted_by=data.get("submitted_by"),
         state="reported",
         level="grid",
     )
     session.add(issue)
     session.flush()
+    proxy = session.get(Staff, issue.submitted_by) if issue.submitted_by else None
     session.add(
         IssueHistory(
             issue_id=issue.id,
@@ -156,13 +180,91 @@ def receive_report(session: Session, data: dict[str, Any]) -> Issue | None:
             to_state="reported",
             from_level=None,
             to_level="grid",
-            actor_id=issue.reporter_id,
-            actor_name="群众",
+            actor_id=issue.submitted_by or issue.reporter_id,
+            # 代办: the staff member who submitted it for the resident.
+            actor_name=f"{proxy.name or '工作人员'}（代办）" if issue.submitted_by else "群众",
             note=None,
-            details={},
+            details={"submitted_by": str(issue.submitted_by)} if issue.submitted_by else {},
             occurred_at=issue.reported_at,
         )
     )
+    return issue
+
+
+# --- the resident follows up (intake's issue.urged / details_added / withdrawn) ----------------
+
+
+def _resident(data: dict[str, Any], issue: Issue) -> Principal:
+    return Principal(id=data.get("reporter_id") or issue.reporter_id, name="群众")
+
+
+def receive_urge(session: Session, data: dict[str, Any], occurred_at: datetime) -> Issue:
+    """催办: counted on an open item for its holder to see (notify will tell them); on an item
+    no longer open it is only recorded."""
+    issue = get_issue(session, data["issue_id"], lock=True)
+    urged_at = data.get("urged_at") or occurred_at
+    try:
+        step = domain.urge(issue, now=urged_at, text=data.get("text"))
+    except Conflict:
+        step = domain.Step(
+            "urge",
+            issue.state,
+            issue.state,
+            issue.level,
+            issue.level,
+            note=(data.get("text") or "").strip() or None,
+            details={"applied": False},
+        )
+    record(session, issue, step, _resident(data, issue), urged_at)
+    return issue
+
+
+def receive_details(session: Session, data: dict[str, Any], occurred_at: datetime) -> Issue:
+    """补充说明: the resident's words and photos join the item's history."""
+    issue = get_issue(session, data["issue_id"], lock=True)
+    step = domain.Step(
+        "details",
+        issue.state,
+        issue.state,
+        issue.level,
+        issue.level,
+        note=(data.get("text") or "").strip() or None,
+        details={"media_ids": [str(p) for p in data.get("photo_ids") or []]},
+    )
+    record(session, issue, step, _resident(data, issue), data.get("added_at") or occurred_at)
+    return issue
+
+
+def receive_withdrawal(session: Session, data: dict[str, Any], occurred_at: datetime) -> Issue:
+    """撤回: a report nobody holds yet leaves the queue. If it was assigned meanwhile (a race
+    with the admin), dispatch keeps it, records the request and tells intake so."""
+    issue = get_issue(session, data["issue_id"], lock=True)
+    actor = _resident(data, issue)
+    at = data.get("withdrawn_at") or occurred_at
+    try:
+        step = domain.withdraw(issue, reason=data.get("text"))
+    except Conflict:
+        step = domain.Step(
+            "withdraw_declined",
+            issue.state,
+            issue.state,
+            issue.level,
+            issue.level,
+            note=(data.get("text") or "").strip() or None,
+        )
+        record(session, issue, step, actor, at)
+        if issue.state in domain.WORKING_STATES:
+            reason = "事项已交办，将继续办理"
+        else:
+            reason = f"事项当前为「{domain.STATES.get(issue.state, issue.state)}」"
+        emit_issue(
+            session,
+            issue,
+            "issue.withdrawal_declined",
+            {"issue_id": issue.id, "reporter_id": issue.reporter_id, "reason": reason},
+        )
+        return issue
+    record(session, issue, step, actor, at)
     return issue
 
 
@@ -186,6 +288,7 @@ def upsert_staff(session: Session, data: dict[str, Any]) -> Staff:
     staff.roles = sorted(set(data.get("roles") or []))
     staff.village_id = data.get("village_id")
     staff.active = data.get("active", True)
+    staff.tokens_valid_after = data.get("tokens_valid_after")
     return staff
 
 
@@ -215,7 +318,7 @@ def apply_rating(
             "stale_resolution" if resolution_no < issue.resolution_count else "unknown_resolution"
         )
         return _rating_not_applied(session, issue, actor, rating, resolution_no, reason, now)
-    reopen_due_at = now + timedelta(hours=settings.reopen_due_hours)
+    reopen_due_at = now + timedelta(hours=settings.reopen_hours(issue.level))
     area_leader_id = _area_leader_of(session, issue.village_id)
     try:
         if resolution_no is not None and domain.was_auto_closed_unrated(issue):
@@ -311,13 +414,31 @@ def _in_grid(grid: Grid | None, user_id: uuid.UUID) -> bool:
     )
 
 
+def _leaders_grid_for(
+    session: Session, actor: Principal, issue: Issue, assignee_id: uuid.UUID
+) -> Grid:
+    """The grid a grid leader hands the item to: one they lead, in the item's village, with the
+    assignee in it. An item already in a grid (a reassignment) must be in one they lead."""
+    led = scopes.led_grids(session, actor)
+    outside = issue.grid_id not in led if issue.grid_id is not None else issue.state != "reported"
+    if outside:
+        # In another grid, or held outside any grid (e.g. by a township department).
+        raise Forbidden("网格长只能改派本人所管网格内的事项。", code="not_your_grid")
+    candidates = sorted(led.values(), key=lambda g: (g.id != issue.grid_id, str(g.id)))
+    for grid in candidates:
+        if grid.village_id == issue.village_id and _in_grid(grid, assignee_id):
+            return grid
+    raise Forbidden("网格长只能把本网格村庄的事项交给本网格的人员。", code="not_your_grid")
+
+
 def assign(
     session: Session,
     settings: DispatchSettings,
     actor: Principal,
     issue_id: uuid.UUID,
     *,
-    assignee_id: uuid.UUID,
+    assignee_id: uuid.UUID | None = None,
+    department_id: uuid.UUID | None = None,
     difficulty: int,
     due_at: datetime | None = None,
     due_in_hours: float | None = None,
@@ -325,10 +446,25 @@ def assign(
     version: int | None = None,
     now: datetime | None = None,
 ) -> Issue:
-    """交办: hand the item to an active grid worker or leader with a difficulty and a deadline."""
+    """交办: hand the item to an active grid worker or leader, or (admins only) to a township
+    department (分管部门, ``department_id``), with a difficulty and a deadline."""
     now = now or utcnow()
     issue = get_issue(session, issue_id, lock=True)
     _check_expected(issue, version)
+    if department_id is not None or assignee_id is None:
+        return _assign_to_department(
+            session,
+            settings,
+            actor,
+            issue,
+            department_id=department_id,
+            assignee_id=assignee_id,
+            difficulty=difficulty,
+            due_at=due_at,
+            due_in_hours=due_in_hours,
+            reassign=reassign,
+            now=now,
+        )
     assignee = session.get(Staff, assignee_id)
     if assignee is None or not assignee.active or not WORKER_ROLES.intersection(assignee.roles):
         raise Invalid(
@@ -336,18 +472,10 @@ def assign(
             code="invalid_assignee",
             details={"assignee_id": ["交办对象必须是在岗的网格员或网格长。"]},
         )
-    grid = _grid_of(session, assignee_id, issue.village_id)
-    if not actor.has("admin"):
-        # A grid leader hands out work only inside a grid they lead, in that grid's village.
-        allowed = (
-            actor.has("grid_leader")
-            and grid is not None
-            and grid.leader_id == actor.id
-            and grid.village_id == issue.village_id
-            and _in_grid(grid, assignee_id)
-        )
-        if not allowed:
-            raise Forbidden("网格长只能把本网格村庄的事项交给本网格的人员。", code="not_your_grid")
+    if actor.has("admin"):
+        grid = _grid_of(session, assignee_id, issue.village_id)
+    else:
+        grid = _leaders_grid_for(session, actor, issue, assignee_id)
     deadline = domain.due_at_for(
         now=now,
         due_at=due_at,
@@ -382,6 +510,80 @@ def assign(
             "due_at": issue.due_at,
             "assigned_by": actor.id,
             "reassigned": step.action == "reassign",
+            "department_id": None,
+            "department_name": None,
+        },
+    )
+    return issue
+
+
+def _township_department(session: Session, department_id: uuid.UUID | None) -> Department:
+    department = session.get(Department, department_id) if department_id else None
+    if department is None or not department.active or department.kind != "township":
+        raise Invalid(
+            "所选乡镇分管部门不存在或已停用。",
+            code="unknown_department",
+            details={"department_id": ["所选乡镇分管部门不存在或已停用。"]},
+        )
+    return department
+
+
+def _assign_to_department(
+    session: Session,
+    settings: DispatchSettings,
+    actor: Principal,
+    issue: Issue,
+    *,
+    department_id: uuid.UUID | None,
+    assignee_id: uuid.UUID | None,
+    difficulty: int,
+    due_at: datetime | None,
+    due_in_hours: float | None,
+    reassign: bool,
+    now: datetime,
+) -> Issue:
+    """交办给分管部门: the department's staff hold the item at the township level."""
+    domain.require_one_holder(assignee_id, department_id)
+    if not actor.has("admin"):
+        raise Forbidden("只有管理员可以把事项交给乡镇分管部门。", code="admin_only")
+    department = _township_department(session, department_id)
+    deadline = domain.due_at_for(
+        now=now,
+        due_at=due_at,
+        due_in_hours=due_in_hours,
+        default_hours=settings.due_hours(issue.category),
+    )
+    step = domain.assign(
+        issue,
+        assignee_id=None,
+        department_id=department.id,
+        grid_id=issue.grid_id,
+        grid_leader_id=issue.grid_leader_id,
+        difficulty=difficulty,
+        due_at=deadline,
+        now=now,
+        reassign=reassign,
+    )
+    issue.assigned_by = actor.id
+    step.details["department_name"] = department.name
+    record(session, issue, step, actor, now)
+    emit_issue(
+        session,
+        issue,
+        "issue.assigned",
+        {
+            "issue_id": issue.id,
+            "assignee_id": None,
+            "assignee_name": None,
+            "grid_id": issue.grid_id,
+            "village_id": issue.village_id,
+            "grid_leader_id": issue.grid_leader_id,
+            "difficulty": issue.difficulty,
+            "due_at": issue.due_at,
+            "assigned_by": actor.id,
+            "reassigned": step.action == "reassign",
+            "department_id": department.id,
+            "department_name": department.name,
         },
     )
     return issue
@@ -393,14 +595,30 @@ def reject(
     issue_id: uuid.UUID,
     *,
     reason: str,
+    duplicate_of: uuid.UUID | None = None,
     version: int | None = None,
     now: datetime | None = None,
 ) -> Issue:
-    """不予受理: an invalid or duplicate report; the reason goes back to the resident."""
+    """不予受理: an invalid or duplicate report; the reason goes back to the resident. A duplicate
+    names the original (``duplicate_of``: open or done, same village), whose progress its
+    reporter then follows."""
     now = now or utcnow()
     issue = get_issue(session, issue_id, lock=True)
     _check_expected(issue, version)
+    original: Issue | None = None
+    if duplicate_of is not None:
+        original = session.get(Issue, duplicate_of)
+        if original is None:
+            raise Invalid(
+                "未找到重复的原事项。",
+                code="duplicate_of_not_found",
+                details={"duplicate_of": ["未找到重复的原事项。"]},
+            )
+        domain.check_duplicate_of(issue, original)
     step = domain.reject(issue, reason=reason)
+    if original is not None:
+        issue.duplicate_of_id = original.id
+        step.details.update(duplicate_of=original.id, duplicate_of_ticket_no=original.ticket_no)
     record(session, issue, step, actor, now)
     emit_issue(
         session,
@@ -411,6 +629,8 @@ def reject(
             "reason": issue.reject_reason,
             "by": actor.id,
             "reporter_id": issue.reporter_id,
+            "duplicate_of": original.id if original else None,
+            "duplicate_of_ticket_no": original.ticket_no if original else None,
         },
     )
     return issue
@@ -434,7 +654,7 @@ def reopen_by_admin(
     step = domain.reopen(
         issue,
         reason="admin",
-        due_at=now + timedelta(hours=due_in_hours or settings.reopen_due_hours),
+        due_at=now + timedelta(hours=due_in_hours or settings.reopen_hours(issue.level)),
         area_leader_id=_area_leader_of(session, issue.village_id),
         note=reason.strip(),
     )
@@ -539,7 +759,10 @@ def resolve(
 
 
 def _may_escalate(session: Session, issue: Issue, actor: Principal) -> bool:
-    if _may_act(issue, actor) or actor.id == issue.grid_leader_id:
+    if _may_act(issue, actor):
+        return True
+    # The leader of the item's grid now (not whoever led it when it was assigned).
+    if issue.grid_id is not None and issue.grid_id in scopes.led_grids(session, actor):
         return True
     return actor.has("area_leader") and actor.id == _area_leader_of(session, issue.village_id)
 
@@ -555,39 +778,52 @@ def escalate(
     admin_override: bool = False,
     version: int | None = None,
     ledger_prefix: str = "YN",
+    settings: DispatchSettings | None = None,
     now: datetime | None = None,
 ) -> Issue:
-    """升级: township (the admin coordinates), area leader (responsible), county (the ledger).
+    """升级: hand the item to the new level's holder with that level's time limit: township (the
+    escalating admin, the township admins' pool, or a township department an admin names), area
+    leader (the village's), county (the department; the item enters the ledger). The grid worker
+    stays on it as the person who knows the case.
 
     ``actor`` None is the scheduler climbing one level after the grace period.
     """
     now = now or utcnow()
+    settings = settings or DispatchSettings.model_construct()
     issue = get_issue(session, issue_id, lock=True)
     if actor is not None and not _may_escalate(session, issue, actor):
         raise Forbidden("您不能升级该事项。", code="not_your_task")
     _check_expected(issue, version)
     domain.level_index(to_level)
+    domain.check_department_level(to_level, department_id)
+    is_admin = actor is None or actor.has("admin")
     handler_id: uuid.UUID | None = None
     department: Department | None = None
     if to_level == "township":
-        handler_id = actor.id if actor is not None and actor.has("admin") else None
+        if department_id is not None:
+            if not is_admin:
+                raise Forbidden("只有管理员可以把事项交给乡镇分管部门。", code="admin_only")
+            department = _township_department(session, department_id)
+        elif actor is not None and actor.has("admin"):
+            handler_id = actor.id
     elif to_level == "area_leader":
         handler_id = _area_leader_of(session, issue.village_id)
         if handler_id is None:
             raise Invalid("该村尚未设置包片领导，请先在组织管理中设置。", code="no_area_leader")
-    elif to_level == "county":
+    elif to_level == "county" and is_admin:
         department = _county_department(session, department_id)
     step = domain.escalate(
         issue,
         to_level=to_level,
         reason=reason,
-        is_admin=actor is None or actor.has("admin"),
+        is_admin=is_admin,
         admin_override=admin_override,
         handler_id=handler_id,
         department_id=department.id if department else None,
+        due_at=now + timedelta(hours=settings.level_hours(to_level, issue.category)),
     )
     ledger = None
-    if department is not None:
+    if department is not None and to_level == "county":
         ledger = _enter_ledger(
             session, issue, department, step.note or "", actor, now, ledger_prefix
         )
@@ -603,8 +839,11 @@ def escalate(
             "to_level": step.to_level,
             "reason": step.note,
             "handler_id": handler_id,
-            "county_department": department.name if department else None,
-            "county_department_id": department.id if department else None,
+            "county_department": department.name if ledger and department else None,
+            "county_department_id": department.id if ledger and department else None,
+            "department_id": department.id if department else None,
+            "department_name": department.name if department else None,
+            "due_at": issue.due_at,
             "ledger_no": ledger.ledger_no if ledger else None,
             "assignee_id": issue.assignee_id,
             "by": actor.id if actor else None,
@@ -617,7 +856,7 @@ def _county_department(session: Session, department_id: uuid.UUID | None) -> Dep
     if department_id is None:
         raise Invalid("转县级部门时须指定责任部门。", code="department_required")
     department = session.get(Department, department_id)
-    if department is None or not department.active:
+    if department is None or not department.active or department.kind != "county":
         raise Invalid("所选县级部门不存在或已停用。", code="unknown_department")
     return department
 
@@ -680,6 +919,21 @@ LEDGER_STATUSES: dict[str, str] = {
 }
 
 
+def _may_update_ledger(session: Session, entry: LedgerEntry, actor: Principal) -> bool:
+    """Admins, the staff of the item's department, and the area leader of the item's village
+    (not any area leader)."""
+    if actor.has("admin"):
+        return True
+    if actor.has("department_staff") and (
+        session.get(DepartmentMember, (entry.department_id, actor.id)) is not None
+    ):
+        return True
+    if not actor.has("area_leader"):
+        return False
+    issue = session.get(Issue, entry.issue_id)
+    return issue is not None and actor.id == _area_leader_of(session, issue.village_id)
+
+
 def add_ledger_progress(
     session: Session,
     actor: Principal,
@@ -696,6 +950,11 @@ def add_ledger_progress(
     ).one_or_none()
     if entry is None:
         raise NotFound("未找到该台账事项。", code="ledger_not_found")
+    if not _may_update_ledger(session, entry, actor):
+        raise Forbidden(
+            "只有管理员、责任部门人员或该村的包片领导可以登记台账进展。",
+            code="not_your_ledger_item",
+        )
     if not (text or "").strip():
         raise Invalid("请填写办理进展。", code="text_required")
     if status is not None:
@@ -725,9 +984,14 @@ def ledger_page(
     department_id: uuid.UUID | None = None,
     cursor: str | None = None,
     limit: int = 50,
+    actor: Principal | None = None,
 ) -> tuple[list[LedgerEntry], str | None]:
-    """The ledger, newest referral first."""
+    """The ledger, newest referral first (``actor`` given: only items they may read)."""
     stmt = sa.select(LedgerEntry)
+    if actor is not None:
+        stmt = stmt.join(Issue, Issue.id == LedgerEntry.issue_id).where(
+            scopes.visible_issues(session, actor)
+        )
     if status:
         stmt = stmt.where(LedgerEntry.status == status)
     if department_id:
@@ -774,7 +1038,7 @@ def record_callback(
         issue,
         passed=passed,
         notes=notes,
-        reopen_due_at=now + timedelta(hours=settings.reopen_due_hours),
+        reopen_due_at=now + timedelta(hours=settings.reopen_hours(issue.level)),
         area_leader_id=_area_leader_of(session, issue.village_id),
     )
     step.details.update(
@@ -814,11 +1078,43 @@ def record_callback(
     return callback
 
 
+def _in_area(
+    stmt: sa.Select, village_id: uuid.UUID | None, area_leader_id: uuid.UUID | None
+) -> sa.Select:
+    """Narrow a select over ``Issue`` to one village and/or one area leader's villages."""
+    if village_id is not None:
+        stmt = stmt.where(Issue.village_id == village_id)
+    if area_leader_id is not None:
+        led = sa.select(Village.id).where(Village.area_leader_id == area_leader_id)
+        stmt = stmt.where(Issue.village_id.in_(led))
+    return stmt
+
+
+def show_contacts(viewer: Principal, issues: Sequence[Issue]) -> Sequence[Issue]:
+    """The resident's contact on the callback list: whole for supervisors, who call them back;
+    the phone masked for anyone else (an admin looking at the list)."""
+    whole = viewer.has("supervisor")
+    for issue in issues:
+        phone = issue.contact_phone
+        if phone and not whole:
+            phone = phone[:3] + "****" + phone[-4:] if len(phone) >= 8 else "****"
+        issue.shown_contact_name = issue.contact_name  # type: ignore[attr-defined]
+        issue.shown_contact_phone = phone  # type: ignore[attr-defined]
+    return issues
+
+
 def pending_callbacks(
-    session: Session, *, cursor: str | None = None, limit: int = 50
+    session: Session,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    village_id: uuid.UUID | None = None,
+    area_leader_id: uuid.UUID | None = None,
 ) -> tuple[list[Issue], str | None]:
-    """Closed items waiting for a callback: every one ever rated unsatisfied, plus the sample."""
+    """Closed items waiting for a callback: every one ever rated unsatisfied, plus the sample;
+    optionally of one village or of one area leader's villages (包片)."""
     stmt = sa.select(Issue).where(Issue.state == "closed", Issue.callback_status == "pending")
+    stmt = _in_area(stmt, village_id, area_leader_id)
     return keyset_page(
         session,
         stmt,
@@ -827,6 +1123,42 @@ def pending_callbacks(
         cursor=cursor,
         limit=limit,
     )
+
+
+def callback_results(
+    session: Session,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    village_id: uuid.UUID | None = None,
+    area_leader_id: uuid.UUID | None = None,
+    passed: bool | None = None,
+) -> tuple[list[Callback], str | None]:
+    """The callbacks recorded (回头看 results), newest first, with their item's ticket, category
+    and village put on each for the answer."""
+    stmt = sa.select(Callback).join(Issue, Issue.id == Callback.issue_id)
+    stmt = _in_area(stmt, village_id, area_leader_id)
+    if passed is not None:
+        stmt = stmt.where(Callback.passed.is_(passed))
+    callbacks, next_cursor = keyset_page(
+        session,
+        stmt,
+        order=[Callback.recorded_at.desc(), Callback.id.desc()],
+        key=lambda c: [c.recorded_at, c.id],
+        cursor=cursor,
+        limit=limit,
+    )
+    loaded = [session.get(Issue, c.issue_id) for c in callbacks]
+    issues = {i.id: i for i in annotate(session, loaded)}
+    names = staff_names(session, (c.supervisor_id for c in callbacks))
+    for callback in callbacks:
+        issue = issues[callback.issue_id]
+        callback.ticket_no = issue.ticket_no  # type: ignore[attr-defined]
+        callback.category = issue.category  # type: ignore[attr-defined]
+        callback.village_id = issue.village_id  # type: ignore[attr-defined]
+        callback.village_name = issue.village_name  # type: ignore[attr-defined]
+        callback.supervisor_name = names.get(callback.supervisor_id)  # type: ignore[attr-defined]
+    return callbacks, next_cursor
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -850,15 +1182,14 @@ def queue(
     limit: int = 50,
     now: datetime | None = None,
 ) -> tuple[list[Issue], str | None]:
-    """The admin's to-do list: open items, oldest first (a grid leader sees their villages)."""
+    """The to-do list: open items, oldest first, that the caller may read (``scopes``): all for
+    admins and supervisors, their grids for grid staff (with the not yet assigned reports of
+    their grids' villages: ``state=reported``), their villages for area leaders."""
     now = now or utcnow()
     states = [filters.state] if filters.state else sorted(domain.OPEN_STATES)
     if filters.state and filters.state not in domain.OPEN_STATES:
         raise Invalid("待办列表只包含未办结的事项。", code="invalid_state")
-    stmt = sa.select(Issue).where(Issue.state.in_(states))
-    if not actor.has("admin"):
-        led = sa.select(Grid.village_id).where(Grid.leader_id == actor.id)
-        stmt = stmt.where(Issue.village_id.in_(led))
+    stmt = sa.select(Issue).where(Issue.state.in_(states), scopes.visible_issues(session, actor))
     if filters.village_id:
         stmt = stmt.where(Issue.village_id == filters.village_id)
     if filters.category:
@@ -899,6 +1230,10 @@ def my_tasks(
     stmt = sa.select(Issue).where(Issue.state.in_(domain.WORKING_STATES))
     if following:
         stmt = stmt.where(sa.or_(Issue.follower_id == actor.id, Issue.handler_id == actor.id))
+    elif actor.has("department_staff"):
+        # Department staff: also the items their department holds (township or county).
+        mine = sa.select(DepartmentMember.department_id).where(DepartmentMember.user_id == actor.id)
+        stmt = stmt.where(sa.or_(Issue.assignee_id == actor.id, Issue.department_id.in_(mine)))
     else:
         stmt = stmt.where(Issue.assignee_id == actor.id)
     return keyset_page(
@@ -911,8 +1246,90 @@ def my_tasks(
     )
 
 
-def history(session: Session, issue_id: uuid.UUID) -> list[IssueHistory]:
-    get_issue(session, issue_id)
+def read_issue(session: Session, actor: Principal, issue_id: uuid.UUID) -> Issue:
+    """One item for a caller who may read it (``scopes``); 404 for anyone else."""
+    return scopes.require_read(session, get_issue(session, issue_id), actor)
+
+
+# --- likely duplicates -------------------------------------------------------------------------
+
+MAX_DUPLICATES = 20
+
+
+def duplicate_rule(settings: DispatchSettings) -> domain.DuplicateRule:
+    return domain.DuplicateRule(
+        radius_m=settings.duplicate_radius_meters,
+        window=timedelta(hours=settings.duplicate_window_hours),
+    )
+
+
+def likely_duplicates(
+    session: Session, settings: DispatchSettings, actor: Principal, issues: Sequence[Issue]
+) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """For each item, the open reports the caller may read that are likely the same problem
+    (``domain.DuplicateRule``), nearest first; one query for the whole page."""
+    found: dict[uuid.UUID, list[dict[str, Any]]] = {i.id: [] for i in issues}
+    if not issues:
+        return found
+    rule = duplicate_rule(settings)
+    pairs = {(i.village_id, i.category) for i in issues}
+    earliest = min(i.reported_at for i in issues) - rule.window
+    latest = max(i.reported_at for i in issues) + rule.window
+    candidates = session.scalars(
+        sa.select(Issue).where(
+            Issue.state.in_(domain.OPEN_STATES),
+            sa.tuple_(Issue.village_id, Issue.category).in_(sorted(pairs, key=str)),
+            Issue.reported_at.between(earliest, latest),
+            scopes.visible_issues(session, actor),
+        )
+    ).all()
+    for issue in issues:
+        matches = []
+        for other in candidates:
+            if rule.matches(issue, other):
+                distance = rule.distance(issue, other)
+                matches.append(
+                    {
+                        "id": other.id,
+                        "ticket_no": other.ticket_no,
+                        "reported_at": other.reported_at,
+                        "distance_m": None if distance is None else round(distance),
+                        "state": other.state,
+                        "level": other.level,
+                    }
+                )
+        matches.sort(
+            key=lambda m: (m["distance_m"] is None, m["distance_m"] or 0, m["reported_at"])
+        )
+        found[issue.id] = matches[:MAX_DUPLICATES]
+    return found
+
+
+def issue_duplicates(
+    session: Session, settings: DispatchSettings, actor: Principal, issue_id: uuid.UUID
+) -> list[dict[str, Any]]:
+    """The likely duplicates of one item the caller may read (for the reject-as-duplicate step)."""
+    issue = read_issue(session, actor, issue_id)
+    return likely_duplicates(session, settings, actor, [issue])[issue.id]
+
+
+def mark_duplicates(
+    session: Session, settings: DispatchSettings, actor: Principal, issues: Sequence[Issue]
+) -> Sequence[Issue]:
+    """Put ``possible_duplicates`` on the queue's items for the answer (not stored)."""
+    found = likely_duplicates(session, settings, actor, issues)
+    for issue in issues:
+        issue.possible_duplicates = found[issue.id]  # type: ignore[attr-defined]
+    return issues
+
+
+def history(
+    session: Session, issue_id: uuid.UUID, actor: Principal | None = None
+) -> list[IssueHistory]:
+    """The item's steps, oldest first; ``actor`` given: only if they may read the item."""
+    issue = get_issue(session, issue_id)
+    if actor is not None:
+        scopes.require_read(session, issue, actor)
     return list(
         session.scalars(
             sa.select(IssueHistory)
@@ -941,7 +1358,7 @@ def snapshot(session: Session, issue: Issue) -> dict[str, Any]:
     """The resident-facing state of the item after a step, carried by every ``issue.*`` event so
     that a consumer can take the newest one whole (retries reorder events; DESIGN.md)."""
     handler_name: str | None = None
-    if issue.level == "county" and issue.department_id is not None:
+    if issue.department_id is not None:  # a township department, or the county's
         department = session.get(Department, issue.department_id)
         handler_name = department.name if department else None
     elif issue.level != "grid" and issue.handler_id is not None:
@@ -1018,7 +1435,34 @@ def _emit_closed(session: Session, issue: Issue, *, auto: bool = False) -> None:
     )
 
 
+def _reopen_ledger_entry(session: Session, issue: Issue, reason: str) -> None:
+    """A county item reopened (any reason): its ledger entry is in progress again, with a note."""
+    if issue.level != "county":
+        return
+    entry = session.scalars(
+        sa.select(LedgerEntry).where(LedgerEntry.issue_id == issue.id).with_for_update()
+    ).one_or_none()
+    if entry is None or entry.status == "in_progress":
+        return
+    now = utcnow()
+    entry.status = "in_progress"
+    entry.updated_at = now
+    label = domain.REOPEN_REASONS.get(reason, reason)
+    session.add(
+        LedgerProgress(
+            entry_id=entry.id,
+            text=f"事项重新办理（{label}），台账恢复为办理中。",
+            status="in_progress",
+            author_id=None,
+            author_name="系统",
+            created_at=now,
+        )
+    )
+
+
 def _emit_reopened(session: Session, issue: Issue, reason: str) -> None:
+    """Announce a reopen (every reopen comes through here: the ledger entry follows it)."""
+    _reopen_ledger_entry(session, issue, reason)
     emit_issue(
         session,
         issue,
@@ -1046,10 +1490,22 @@ def conflict_from_stale() -> Conflict:
 
 
 def annotate(session: Session, issues: Sequence[Issue]) -> Sequence[Issue]:
-    """Put the assignee's and village's names on the items for the answer (not stored)."""
+    """Put the assignee's, village's and holding department's names on the items for the
+    answer (not stored)."""
     names = staff_names(session, (i.assignee_id for i in issues))
     villages = village_names(session) if issues else {}
+    wanted = {i.department_id for i in issues if i.department_id is not None}
+    departments = (
+        dict(
+            session.execute(
+                sa.select(Department.id, Department.name).where(Department.id.in_(wanted))
+            ).all()
+        )
+        if wanted
+        else {}
+    )
     for issue in issues:
         issue.assignee_name = names.get(issue.assignee_id)  # type: ignore[attr-defined]
         issue.village_name = villages.get(issue.village_id)  # type: ignore[attr-defined]
+        issue.department_name = departments.get(issue.department_id)  # type: ignore[attr-defined]
     return issues

@@ -56,6 +56,7 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
     now = now or utcnow()
     where = _where(filters)
     overdue = sa.and_(Issue.state.in_(WORKING), Issue.due_at < now)
+    satisfied = Issue.rating.in_(sorted(domain.SATISFIED_RATINGS))
     rows = session.execute(
         sa.select(
             Issue.category,
@@ -64,6 +65,8 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
             Issue.level,
             sa.func.count().label("n"),
             sa.func.count().filter(overdue).label("overdue"),
+            sa.func.count(Issue.rating).label("rated"),
+            sa.func.count().filter(satisfied).label("satisfied"),
         )
         .where(*where)
         .group_by(Issue.category, Issue.village_id, Issue.state, Issue.level)
@@ -74,12 +77,14 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
     open_by_state: dict[str, int] = defaultdict(int)
     open_by_level: dict[str, int] = defaultdict(int)
     open_by_state_level: dict[tuple[str, str], int] = defaultdict(int)
-    totals = {"reports": 0, "completed": 0, "overdue": 0, "rejected": 0}
+    totals = dict.fromkeys(("reports", "completed", "overdue", "rejected", "rated", "satisfied"), 0)
     for row in rows:
         done = row.n if row.state in domain.DONE_STATES else 0
         totals["reports"] += row.n
         totals["completed"] += done
         totals["overdue"] += row.overdue
+        totals["rated"] += row.rated
+        totals["satisfied"] += row.satisfied
         if row.state == "rejected":
             totals["rejected"] += row.n
         by_category[row.category][0] += row.n
@@ -106,6 +111,10 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
         **_rate_row(totals["reports"], totals["completed"]),
         "overdue": totals["overdue"],
         "rejected": totals["rejected"],
+        # Satisfaction: 满意 and 基本满意 among the items that carry a rating.
+        "rated": totals["rated"],
+        "satisfied": totals["satisfied"],
+        "satisfaction_rate": domain.satisfaction_rate(totals["satisfied"], totals["rated"]),
         "by_category": [
             {
                 "category": code,

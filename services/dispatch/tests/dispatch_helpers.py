@@ -12,6 +12,16 @@ import sqlalchemy as sa
 from dispatch.settings import DispatchSettings
 from shared.events import Envelope
 
+# The seed article's table (DESIGN.md): 2,811 reports from Feb 2022, 2,750 completed.
+SEED = {
+    "admin_affairs": 160,
+    "road_traffic": 319,
+    "neighbor_dispute": 99,
+    "medical_elderly": 202,
+    "water_power": 1287,
+    "other": 744,
+}
+
 
 @dataclass
 class Person:
@@ -104,3 +114,73 @@ def settings_with(database_url: str, jwt_keys, **overrides: Any) -> DispatchSett
     }
     values.update(overrides)
     return DispatchSettings(**values)
+
+
+@dataclass
+class SeedReports:
+    ids: list[uuid.UUID]  # in the order reported
+    open_ids: set[uuid.UUID]
+    done_ids: list[uuid.UUID]
+    late_ids: list[uuid.UUID]
+
+
+def load_seed_reports(db, town: Township) -> SeedReports:
+    """The seed's 2,811 reports, 2,750 of them completed (97.83 %). The first report of each
+    category goes through the real handler, the rest in one bulk insert of the same rows. 61 stay
+    open (5 of them assigned at township level and overdue); the done ones took (k % 48) + 1
+    hours, alternately resolved and closed."""
+    from dispatch.handlers import handle_issue_reported
+    from dispatch.models import Issue
+
+    start = datetime(2022, 2, 1, tzinfo=UTC)
+    bulk: list[dict] = []
+    with db.transaction() as session:
+        n = 0
+        for category, count in SEED.items():
+            for k in range(count):
+                village = town.village1 if n % 3 else town.village2
+                data = report_data(
+                    village, category=category, reported_at=start + timedelta(minutes=n)
+                )
+                if k == 0:
+                    handle_issue_reported(session, envelope("issue.reported", data))
+                else:
+                    bulk.append(
+                        {
+                            "id": uuid.UUID(data["issue_id"]),
+                            "reporter_id": uuid.UUID(data["reporter_id"]),
+                            "category": category,
+                            "description": data["description"],
+                            "village_id": village,
+                            "reported_at": start + timedelta(minutes=n),
+                            "state": "reported",
+                            "level": "grid",
+                        }
+                    )
+                n += 1
+        session.execute(sa.insert(Issue), bulk)
+    with db.transaction() as session:
+        ids = list(session.scalars(sa.select(Issue.id).order_by(Issue.reported_at)))
+        open_ids = set(ids[::46][:61])
+        done_ids = [i for i in ids if i not in open_ids]
+        for k in range(48):
+            group = done_ids[k::48]
+            session.execute(
+                sa.update(Issue)
+                .where(Issue.id.in_(group))
+                .values(
+                    state="closed" if k % 2 else "resolved",
+                    resolved_at=Issue.reported_at + sa.literal(timedelta(hours=k + 1), sa.Interval),
+                    assignee_id=town.worker1.id,
+                    due_at=Issue.reported_at + sa.literal(timedelta(days=3), sa.Interval),
+                )
+            )
+        late = ids[::46][:5]
+        session.execute(
+            sa.update(Issue)
+            .where(Issue.id.in_(late))
+            .values(
+                state="assigned", due_at=datetime.now(UTC) - timedelta(hours=1), level="township"
+            )
+        )
+    return SeedReports(ids=ids, open_ids=open_ids, done_ids=done_ids, late_ids=late)

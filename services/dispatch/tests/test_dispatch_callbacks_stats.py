@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
-
-import sqlalchemy as sa
-from dispatch_helpers import assign, envelope, outbox, post, report_data
+from dispatch_helpers import SEED, assign, envelope, load_seed_reports, outbox, post
 
 from dispatch import domain
-from dispatch.handlers import handle_issue_rated, handle_issue_reported
-from dispatch.models import Issue
-
-SEED = {
-    "admin_affairs": 160,
-    "road_traffic": 319,
-    "neighbor_dispute": 99,
-    "medical_elderly": 202,
-    "water_power": 1287,
-    "other": 744,
-}
+from dispatch.handlers import handle_issue_rated
 
 
 def close_after_unsatisfied(client, db, town, issue_id) -> None:
@@ -94,62 +80,10 @@ def test_a_passed_callback_leaves_the_issue_closed(client, db, town, report):
 
 
 def test_stats_reproduce_the_seed_table_and_97_83_percent(client, db, town):
-    """2,811 reports, 2,750 of them completed: the article's table. The first report of each
-    category goes through the real handler, the rest in one bulk insert of the same rows."""
-    start = datetime(2022, 2, 1, tzinfo=UTC)
-    bulk: list[dict] = []
-    with db.transaction() as session:
-        n = 0
-        for category, count in SEED.items():
-            for k in range(count):
-                village = town.village1 if n % 3 else town.village2
-                data = report_data(
-                    village, category=category, reported_at=start + timedelta(minutes=n)
-                )
-                if k == 0:
-                    handle_issue_reported(session, envelope("issue.reported", data))
-                else:
-                    bulk.append(
-                        {
-                            "id": uuid.UUID(data["issue_id"]),
-                            "reporter_id": uuid.UUID(data["reporter_id"]),
-                            "category": category,
-                            "description": data["description"],
-                            "village_id": village,
-                            "reported_at": start + timedelta(minutes=n),
-                            "state": "reported",
-                            "level": "grid",
-                        }
-                    )
-                n += 1
-        session.execute(sa.insert(Issue), bulk)
-    # 61 stay open (spread over the categories); the rest are resolved or closed, each taking
-    # (k % 48) + 1 hours, so the percentiles are known in advance.
-    with db.transaction() as session:
-        ids = list(session.scalars(sa.select(Issue.id).order_by(Issue.reported_at)))
-        open_ids = set(ids[::46][:61])
-        done_ids = [i for i in ids if i not in open_ids]
-        assert len(done_ids) == 2750
-        for k in range(48):
-            group = done_ids[k::48]
-            session.execute(
-                sa.update(Issue)
-                .where(Issue.id.in_(group))
-                .values(
-                    state="closed" if k % 2 else "resolved",
-                    resolved_at=Issue.reported_at + sa.literal(timedelta(hours=k + 1), sa.Interval),
-                    assignee_id=town.worker1.id,
-                    due_at=Issue.reported_at + sa.literal(timedelta(days=3), sa.Interval),
-                )
-            )
-        late = ids[::46][:5]
-        session.execute(
-            sa.update(Issue)
-            .where(Issue.id.in_(late))
-            .values(
-                state="assigned", due_at=datetime.now(UTC) - timedelta(hours=1), level="township"
-            )
-        )
+    """2,811 reports, 2,750 of them completed: the article's table (``load_seed_reports``)."""
+    seed = load_seed_reports(db, town)
+    done_ids = seed.done_ids
+    assert len(done_ids) == 2750
 
     response = client.get("/api/v1/stats", headers=town.admin.headers)
     assert response.status_code == 200, response.json

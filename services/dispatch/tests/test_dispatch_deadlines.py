@@ -70,17 +70,26 @@ def test_overdue_reminder_escalation_county_ledger_and_export(client, db, town, 
         {"text": "已召开领导班子磋商会议，需县水利局支持。", "meeting_called": True},
     )
     assert meeting.status_code == 201 and meeting.json["details"]["meeting_called"] is True
-    no_department = post(
+    # Only an admin refers it to the county (the ledger), with a department and a reason.
+    by_area_leader = post(
         client,
         f"/api/v1/issues/{issue_id}/escalate",
         town.area_leader,
+        {"to_level": "county", "reason": "主管道老化，需更换", "department": str(town.department)},
+    )
+    assert by_area_leader.status_code == 403
+    assert by_area_leader.json["error"]["code"] == "county_admin_only"
+    no_department = post(
+        client,
+        f"/api/v1/issues/{issue_id}/escalate",
+        town.admin,
         {"to_level": "county", "reason": "主管道老化，需更换"},
     )
     assert no_department.status_code == 422
     to_county = post(
         client,
         f"/api/v1/issues/{issue_id}/escalate",
-        town.area_leader,
+        town.admin,
         {"to_level": "county", "reason": "主管道老化，需更换", "department": str(town.department)},
     )
     assert to_county.status_code == 200, to_county.json

@@ -46,6 +46,8 @@ class FakeIssue:
     reminded_at: datetime | None = None
     overdue_at: datetime | None = None
     overdue_escalated_at: datetime | None = None
+    urge_count: int = 0
+    last_urged_at: datetime | None = None
     version: int = 1
 
 
@@ -98,6 +100,10 @@ def do(action: str, item: FakeIssue) -> domain.Step:
         )
     if action == "escalate":
         return domain.escalate(item, to_level="township", reason="村里解决不了", is_admin=False)
+    if action == "withdraw":
+        return domain.withdraw(item, reason="已自行解决")
+    if action == "urge":
+        return domain.urge(item, now=NOW, text=None)
     raise AssertionError(action)
 
 
@@ -118,6 +124,8 @@ EXPECTED = {
     "auto_close": {"resolved": "closed"},
     "callback": {"closed": "closed"},
     "escalate": {s: s for s in ("reported", "assigned", "in_progress", "reopened")},
+    "withdraw": {"reported": "withdrawn"},
+    "urge": {s: s for s in ("reported", "assigned", "in_progress", "reopened")},
 }
 CASES = [(action, state) for action in EXPECTED for state in ALL_STATES]
 
@@ -234,7 +242,7 @@ def test_reopen_reasons_and_their_states(reason: str, state: str, allowed: bool)
 
 
 def test_levels_only_climb():
-    item = FakeIssue(state="assigned")
+    item = FakeIssue(state="assigned", level="township")
     domain.escalate(item, to_level="area_leader", reason="需要协调", is_admin=False)
     assert item.level == "area_leader"
     with pytest.raises(Conflict, match="已在"):
@@ -247,6 +255,119 @@ def test_levels_only_climb():
         item, to_level="grid", reason="村里已能解决", is_admin=True, admin_override=True
     )
     assert item.level == "grid" and step.details["override"] is True
+
+
+def test_a_non_admin_climbs_one_level_at_a_time_and_never_skips_a_level():
+    item = FakeIssue(state="in_progress")
+    with pytest.raises(Forbidden, match="逐级") as skipped:
+        domain.escalate(item, to_level="area_leader", reason="想直接找包片领导", is_admin=False)
+    assert skipped.value.code == "level_skip" and item.level == "grid"
+    with pytest.raises(Forbidden, match="逐级"):
+        domain.escalate(
+            item, to_level="county", reason="直接报县里", is_admin=False, department_id=uuid.uuid4()
+        )
+    assert item.level == "grid" and item.department_id is None
+    domain.escalate(item, to_level="township", reason="村里解决不了", is_admin=False)
+    domain.escalate(item, to_level="area_leader", reason="乡里协调不了", is_admin=False)
+    assert item.level == "area_leader"
+
+
+def test_only_an_admin_refers_an_item_to_the_county_even_from_the_level_below():
+    item = FakeIssue(state="in_progress", level="area_leader")
+    with pytest.raises(Forbidden, match="管理员") as refused:
+        domain.escalate(
+            item, to_level="county", reason="需县里协调", is_admin=False, department_id=uuid.uuid4()
+        )
+    assert refused.value.code == "county_admin_only" and item.level == "area_leader"
+
+
+def test_an_admin_may_skip_a_level_with_a_reason_and_the_step_says_so():
+    item = FakeIssue(state="assigned")
+    with pytest.raises(Invalid):
+        domain.escalate(
+            item, to_level="county", reason=" ", is_admin=True, department_id=uuid.uuid4()
+        )
+    step = domain.escalate(
+        item,
+        to_level="county",
+        reason="水源污染，需县里处理",
+        is_admin=True,
+        department_id=uuid.uuid4(),
+    )
+    assert item.level == "county" and step.details["skipped"] is True
+
+
+def test_escalation_hands_the_item_over_with_a_new_deadline_and_keeps_the_grid_worker():
+    worker, leader = uuid.uuid4(), uuid.uuid4()
+    item = FakeIssue(
+        state="in_progress",
+        assignee_id=worker,
+        due_at=NOW - timedelta(hours=30),
+        reminded_at=NOW - timedelta(hours=40),
+        overdue_at=NOW - timedelta(hours=29),
+        overdue_escalated_at=NOW,
+    )
+    new_due = NOW + timedelta(hours=72)
+    domain.escalate(item, to_level="township", reason="超期", is_admin=True, due_at=new_due)
+    domain.escalate(
+        item, to_level="area_leader", reason="需协调", is_admin=False, handler_id=leader
+    )
+    assert (item.level, item.handler_id, item.assignee_id) == ("area_leader", leader, worker)
+    assert item.due_at == new_due
+    assert (item.reminded_at, item.overdue_at, item.overdue_escalated_at) == (None, None, None)
+    assert not domain.is_overdue(item, NOW + timedelta(hours=1))
+
+
+def test_a_department_is_named_only_at_the_township_or_the_county():
+    item = FakeIssue(state="assigned", level="township", department_id=uuid.uuid4())
+    with pytest.raises(Invalid):
+        domain.escalate(
+            item, to_level="area_leader", reason="需协调", is_admin=True, department_id=uuid.uuid4()
+        )
+    domain.escalate(item, to_level="area_leader", reason="需协调", is_admin=True)
+    assert item.department_id is None  # the area leader holds it now, not the department
+
+
+def test_an_assignment_names_a_worker_or_a_township_department_never_both():
+    for assignee, department in ((None, None), (uuid.uuid4(), uuid.uuid4())):
+        with pytest.raises(Invalid):
+            domain.assign(
+                FakeIssue(),
+                assignee_id=assignee,
+                department_id=department,
+                grid_id=None,
+                grid_leader_id=None,
+                difficulty=2,
+                due_at=NOW,
+                now=NOW,
+            )
+    item = FakeIssue(level="grid")
+    department = uuid.uuid4()
+    step = domain.assign(
+        item,
+        assignee_id=None,
+        department_id=department,
+        grid_id=None,
+        grid_leader_id=None,
+        difficulty=2,
+        due_at=NOW + timedelta(hours=24),
+        now=NOW,
+    )
+    assert (item.state, item.level, item.department_id) == ("assigned", "township", department)
+    assert step.to_level == "township"
+    higher = FakeIssue(state="in_progress", level="county", department_id=uuid.uuid4())
+    with pytest.raises(Conflict):
+        domain.assign(
+            higher,
+            assignee_id=None,
+            department_id=department,
+            grid_id=None,
+            grid_leader_id=None,
+            difficulty=2,
+            due_at=NOW,
+            now=NOW,
+            reassign=True,
+        )
 
 
 def test_county_needs_a_department_and_a_reason():

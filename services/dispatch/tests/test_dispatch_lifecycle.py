@@ -145,6 +145,8 @@ def test_a_rejected_report_carries_the_reason_and_leaves_the_queue(client, db, t
         "reason": "重复反映，已合并。",
         "by": str(town.admin.id),
         "reporter_id": str(town.resident.id),
+        "duplicate_of": None,  # a rejection without a named original
+        "duplicate_of_ticket_no": None,
         "issue_version": 2,
     }
     assert (snapshot["state"], snapshot["reject_reason"]) == ("rejected", "重复反映，已合并。")

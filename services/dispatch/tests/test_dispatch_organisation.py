@@ -122,5 +122,5 @@ def test_departments_and_staff(client, town):
     assert off.status_code == 200 and off.json["active"] is False
     names = [d["name"] for d in client.get("/api/v1/departments", headers=headers).json]
     assert names == ["县供电公司", "县水利局"]
-    workers = client.get("/api/v1/staff?role=grid_worker", headers=headers).json
+    workers = client.get("/api/v1/staff?role=grid_worker", headers=headers).json["items"]
     assert {w["name"] for w in workers} == {"网格员刘", "网格员陈", "网格员周"}

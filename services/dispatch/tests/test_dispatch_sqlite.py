@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from dispatch_helpers import envelope, report_data, settings_with
 
-from dispatch import scheduler, services, stats
+from dispatch import public, scheduler, services, stats
 from dispatch.app import make_database
 from dispatch.handlers import handle_issue_reported
 from dispatch.models import Issue, Staff
@@ -63,4 +63,12 @@ def test_the_embedded_sqlite_database_runs_the_life_cycle_stats_and_scheduler(tm
     first = scheduler.run_once(db, settings)
     assert first.overdue == 1 and first.escalated == 1 and first.closed == 0
     assert scheduler.run_once(db, settings).overdue == 0
+    # Likely duplicates (a row-value IN) and the public figures work on SQLite too.
+    with db.transaction() as session:
+        data = report_data(village)
+        handle_issue_reported(session, envelope("issue.reported", data))
+        new = session.get(Issue, uuid.UUID(data["issue_id"]))
+        found = services.likely_duplicates(session, settings, admin, [new])[new.id]
+        assert [d["id"] for d in found] == [ids[3]]
+        assert public.figures(session)["reports"] == 5
     db.dispose()

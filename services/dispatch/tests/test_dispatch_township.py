@@ -61,8 +61,10 @@ def test_the_township_file_has_the_real_townships_shape():
         "县司法局",
         "县民政局",
     }
+    assert [d["name"] for d in data["township_departments"]] == ["综治办", "农业办", "民政所"]
     people = _loader().accounts_of(data)
-    assert len(people) == len({p.username for p in people}) == 2 + 6 + 4 + 40 + 167
+    assert len(people) == len({p.username for p in people}) == 2 + 6 + 4 + 40 + 167 + 3
+    assert sum("department_staff" in p.roles for p in people) == 3
     assert all(len(str(uuid.UUID(g["id"]))) == 36 for g in data["grids"])
 
 
@@ -143,7 +145,7 @@ def test_the_loader_builds_the_township_and_a_second_run_changes_nothing(system,
     first = loader.load(
         TOWNSHIP, intake_url, dispatch_url, "admin", "demo-admin-365", wait_seconds=30
     )
-    assert first.created == {"departments": 8, "villages": 26, "accounts": 219, "grids": 40}
+    assert first.created == {"departments": 11, "villages": 26, "accounts": 222, "grids": 40}
     assert first.changed == {"area_leaders": 6}
     second = loader.load(TOWNSHIP, intake_url, dispatch_url, "admin", "demo-admin-365")
     assert second.nothing_changed, (second.created, second.changed)
@@ -155,4 +157,7 @@ def test_the_loader_builds_the_township_and_a_second_run_changes_nothing(system,
     assert len(grids) == 40 and sum(len(g["member_ids"]) for g in grids) == 167
     villages = client.get("/api/v1/villages", headers=headers).json
     assert len(villages) == 26 and all(v["area_leader_id"] for v in villages)
+    township = client.get("/api/v1/departments?kind=township", headers=headers).json
+    assert {d["name"] for d in township} == {"综治办", "农业办", "民政所"}
+    assert all(len(d["member_ids"]) == 1 for d in township)
     assert Path(TOWNSHIP).exists()

@@ -54,7 +54,6 @@ class AccountSchema(Schema):
     village_id = fields.UUID(allow_none=True)
     active = fields.Boolean()
     has_password = fields.Method("_has_password", dump_only=True)
-    locked_until = fields.AwareDateTime(allow_none=True, dump_only=True)
     created_at = fields.AwareDateTime(dump_only=True)
     updated_at = fields.AwareDateTime(dump_only=True)
 
@@ -65,8 +64,19 @@ class AccountSchema(Schema):
 class SignedInSchema(Schema):
     access_token = fields.String()
     token_type = fields.String()
-    expires_in = fields.Integer()
+    expires_in = fields.Integer(metadata={"description": "access token lifetime in seconds"})
+    refresh_token = fields.String(
+        metadata={"description": "opaque; POST /api/v1/auth/refresh trades it for a new pair"}
+    )
+    refresh_expires_in = fields.Integer(metadata={"description": "refresh token lifetime, s"})
     user = fields.Nested(AccountSchema)
+
+
+class RefreshSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=256))
 
 
 class AccountCreateSchema(Schema):

@@ -6,11 +6,18 @@ argon2 password; admins create and change staff accounts. Every change to an acc
 Admin use cases take the caller's ``Session`` (the caller owns the transaction, so the CLI can
 seed many accounts in one); the sign-in use cases take the ``Database`` because a failed password
 must commit its failure count and still answer an error.
+
+A sign-in answers a short-lived access token and a refresh token. The refresh token is opaque,
+kept only as its SHA-256, and rotates on use; showing a used one again (it was copied) revokes its
+whole family. Both stop counting when the account is disabled, loses a role or gets a new
+password (``tokens_valid_after``). Failed staff logins are counted per (username, client
+address) with growing delays, so nobody can lock another person out from their own address.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import secrets
@@ -22,14 +29,14 @@ from typing import Any
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from intake.domain import SHANGHAI
-from intake.models import User, Village
+from intake.domain import SHANGHAI, login_delay_seconds
+from intake.models import LoginFailure, RefreshToken, User, Village
 from intake.wechat import WeChatLogin
-from shared.auth import TokenIssuer
+from shared.auth import TOKEN_REVOKED_MESSAGE, Principal, TokenIssuer, refusal_reason
 from shared.db import Database, utcnow
 from shared.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from shared.events import emit
@@ -39,22 +46,36 @@ log = logging.getLogger(__name__)
 
 ACCOUNT_UPSERTED = "account.upserted"
 WRONG_CREDENTIALS = "用户名或密码错误。"
+# Failed logins older than this are forgotten: the count of that address starts again.
+FAILURE_MEMORY = timedelta(hours=24)
 
 _hasher = PasswordHasher()
 
 
-class AccountLocked(TooManyRequests):
-    """Too many wrong passwords: the account waits; ``Retry-After`` says how long."""
+class LoginThrottled(TooManyRequests):
+    """Too many wrong passwords from one address for one username: that address waits (a
+    growing delay; ``Retry-After`` says how long); other addresses are not held back."""
 
-    status, code, default_message = 423, "account_locked", "账号已锁定，请稍后再试。"
+    status, code, default_message = 429, "login_throttled", "登录失败次数过多，请稍后再试。"
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """How failed staff logins slow an address down (settings ``LOGIN_*``)."""
+
+    max_failures: int = 5
+    delay_seconds: int = 30
+    delay_max_seconds: int = 3600
 
 
 @dataclass(frozen=True)
 class SignedIn:
-    """An access token and the account it belongs to."""
+    """An access token, a refresh token and the account they belong to."""
 
     access_token: str
     expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
     user: User
     token_type: str = "Bearer"
 
@@ -126,7 +147,9 @@ def announce_all_accounts(session: Session) -> int:
 # --- residents -------------------------------------------------------------------------------
 
 
-def sign_in_resident(db: Database, wechat: WeChatLogin, issuer: TokenIssuer, code: str) -> SignedIn:
+def sign_in_resident(
+    db: Database, wechat: WeChatLogin, issuer: TokenIssuer, code: str, *, refresh_ttl: timedelta
+) -> SignedIn:
     """WeChat login: the resident is created on first sign-in, found by openid afterwards."""
     identity = wechat.code_to_session(code)
     try:
@@ -136,7 +159,8 @@ def sign_in_resident(db: Database, wechat: WeChatLogin, issuer: TokenIssuer, cod
         user = _find_or_create_resident(db, identity.openid, identity.unionid)
     if not user.active:
         raise Forbidden("该账号已停用，请联系村或乡镇管理员。", code="account_disabled")
-    return _issue(issuer, user)
+    with db.transaction() as session:
+        return _issue(session, issuer, user, refresh_ttl)
 
 
 def _find_or_create_resident(db: Database, openid: str, unionid: str | None) -> User:
@@ -160,61 +184,198 @@ def sign_in_staff(
     username: str,
     password: str,
     *,
-    max_failures: int,
-    lockout_minutes: int,
+    address: str,
+    policy: LoginPolicy,
+    refresh_ttl: timedelta,
 ) -> SignedIn:
-    """Password login: a wrong username looks like a wrong password; failures lock the account."""
+    """Password login. A wrong username, a wrong password and a disabled account's right password
+    answer alike; failures slow down only the address they come from, for that username."""
     with db.transaction() as session:
         outcome = _check_password(
-            session, normalize_username(username), password, max_failures, lockout_minutes
+            session,
+            normalize_username(username)[:64],
+            (address or "unknown")[:64],
+            password,
+            policy,
         )
+        if not isinstance(outcome, Exception):
+            return _issue(session, issuer, outcome, refresh_ttl)
     # Raised only now, so that the failure count above is committed.
-    if isinstance(outcome, Exception):
-        raise outcome
-    return _issue(issuer, outcome)
+    raise outcome
 
 
 def _check_password(
-    session: Session, username: str, password: str, max_failures: int, lockout_minutes: int
+    session: Session, username: str, address: str, password: str, policy: LoginPolicy
 ) -> User | Exception:
-    user = session.scalars(
-        sa.select(User).where(User.username == username).with_for_update()
-    ).one_or_none()
     now = utcnow()
-    if user is None or not user.password_hash:
-        _password_matches(None, password)  # same cost as a real check: no user enumeration
+    failure = _failures_of(session, username, address)
+    if failure.blocked_until and failure.blocked_until > now:
+        # Not even checked: a waiting address learns nothing, and costs no argon2 work.
+        return _throttled(failure.blocked_until, now)
+    user = session.scalars(sa.select(User).where(User.username == username)).one_or_none()
+    # Same cost whether or not the user exists: no user enumeration by timing.
+    matches = _password_matches(user.password_hash if user else None, password)
+    if user is None or not matches or not user.active:
+        # A disabled account's right password answers exactly as a wrong one (no hint that the
+        # password is right) and counts as a failure too.
+        if failure.last_failed_at and now - failure.last_failed_at > FAILURE_MEMORY:
+            failure.failures = 0
+        failure.failures += 1
+        failure.last_failed_at = now
+        delay = login_delay_seconds(
+            failure.failures,
+            free=policy.max_failures,
+            first=policy.delay_seconds,
+            most=policy.delay_max_seconds,
+        )
+        if delay:
+            failure.blocked_until = now + timedelta(seconds=delay)
+            log.warning(
+                "login of %r from %s held back %ss after %s failures",
+                username,
+                address,
+                delay,
+                failure.failures,
+            )
+            return _throttled(failure.blocked_until, now)
         return Unauthorized(WRONG_CREDENTIALS, code="wrong_credentials")
-    if user.locked_until and user.locked_until > now:
-        return _locked(user.locked_until, now)
-    if not _password_matches(user.password_hash, password):
-        if user.locked_until:  # an earlier lock has run out: count afresh
-            user.failed_logins, user.locked_until = 0, None
-        user.failed_logins += 1
-        if user.failed_logins >= max_failures:
-            user.locked_until = now + timedelta(minutes=lockout_minutes)
-            log.warning("account %s locked after %s failed logins", user.id, user.failed_logins)
-            return _locked(user.locked_until, now)
-        return Unauthorized(WRONG_CREDENTIALS, code="wrong_credentials")
-    if not user.active:
-        return Forbidden("该账号已停用，请联系管理员。", code="account_disabled")
-    user.failed_logins, user.locked_until = 0, None
+    session.delete(failure)
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return user
 
 
-def _locked(until: datetime, now: datetime) -> AccountLocked:
-    local = until.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
-    return AccountLocked(
-        f"密码错误次数过多，账号已锁定，请于 {local}（北京时间）后再试。",
+def _failures_of(session: Session, username: str, address: str) -> LoginFailure:
+    """The failure count of (username, address), made if missing and locked for this attempt,
+    so that attempts from one address for one username are counted one after the other."""
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(LoginFailure)
+    session.execute(
+        insert.values(username=username, address=address, failures=0).on_conflict_do_nothing()
+    )
+    return session.scalars(
+        sa.select(LoginFailure)
+        .where(LoginFailure.username == username, LoginFailure.address == address)
+        .with_for_update()
+    ).one()
+
+
+def _throttled(until: datetime, now: datetime) -> LoginThrottled:
+    local = until.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+    return LoginThrottled(
+        f"登录失败次数过多，请于 {local}（北京时间）后再试。",
         retry_after=max(1, math.ceil((until - now).total_seconds())),
-        details={"locked_until": until.isoformat()},
+        details={"retry_at": until.isoformat()},
     )
 
 
-def _issue(issuer: TokenIssuer, user: User) -> SignedIn:
+# --- tokens ----------------------------------------------------------------------------------
+
+
+def _issue(
+    session: Session,
+    issuer: TokenIssuer,
+    user: User,
+    refresh_ttl: timedelta,
+    family_id: uuid.UUID | None = None,
+) -> SignedIn:
+    """A new access token and a new refresh token (of ``family_id``, or of a new family)."""
+    raw = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(
+        RefreshToken(
+            user_id=user.id,
+            family_id=family_id or uuid.uuid4(),
+            token_hash=_refresh_hash(raw),
+            created_at=now,
+            expires_at=now + refresh_ttl,
+        )
+    )
     token, expires_in = issuer.issue(user.id, user.roles, user.name, user.village_id)
-    return SignedIn(access_token=token, expires_in=expires_in, user=user)
+    return SignedIn(
+        access_token=token,
+        expires_in=expires_in,
+        refresh_token=raw,
+        refresh_expires_in=int(refresh_ttl.total_seconds()),
+        user=user,
+    )
+
+
+def _refresh_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def refresh_sign_in(
+    db: Database, issuer: TokenIssuer, raw: str, *, refresh_ttl: timedelta
+) -> SignedIn:
+    """Trade a refresh token for a new access token and a new refresh token (rotation)."""
+    with db.transaction() as session:
+        outcome = _rotate(session, issuer, raw, refresh_ttl)
+    # Raised only now, so that a family revoked on reuse stays revoked.
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def _rotate(
+    session: Session, issuer: TokenIssuer, raw: str, refresh_ttl: timedelta
+) -> SignedIn | Exception:
+    refused = Unauthorized(TOKEN_REVOKED_MESSAGE, code="invalid_refresh_token")
+    row = session.scalars(
+        sa.select(RefreshToken)
+        .where(RefreshToken.token_hash == _refresh_hash(raw))
+        .with_for_update()
+    ).one_or_none()
+    now = utcnow()
+    if row is None or row.revoked_at is not None or row.expires_at <= now:
+        return refused
+    if row.used_at is not None:
+        # A rotated token shown again: one of two holders copied it. Neither keeps the session.
+        log.warning("refresh token of account %s used twice: family revoked", row.user_id)
+        _revoke_family(session, row.family_id, now)
+        return refused
+    user = session.get(User, row.user_id)
+    if (
+        user is None
+        or not user.active
+        or (user.tokens_valid_after is not None and row.created_at < user.tokens_valid_after)
+    ):
+        _revoke_family(session, row.family_id, now)
+        return refused
+    row.used_at = now
+    return _issue(session, issuer, user, refresh_ttl, family_id=row.family_id)
+
+
+def sign_out(db: Database, raw: str) -> None:
+    """Revoke the refresh token's family (an unknown token is nothing to do)."""
+    with db.transaction() as session:
+        family_id = session.scalar(
+            sa.select(RefreshToken.family_id).where(RefreshToken.token_hash == _refresh_hash(raw))
+        )
+        if family_id is not None:
+            _revoke_family(session, family_id, utcnow())
+
+
+def _revoke_family(session: Session, family_id: uuid.UUID, now: datetime) -> None:
+    session.execute(
+        sa.update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def token_refusal(session: Session, principal: Principal) -> str | None:
+    """Why an access token no longer speaks for its account (None: it does); intake owns the
+    accounts, so a token of an account it does not hold is refused too."""
+    user = session.get(User, principal.id)
+    if user is None:
+        return "account_unknown"
+    return refusal_reason(
+        principal,
+        active=user.active,
+        roles=user.roles or [],
+        tokens_valid_after=user.tokens_valid_after,
+    )
 
 
 def my_profile(session: Session, user_id: uuid.UUID) -> User:
@@ -276,7 +437,8 @@ def change_account(session: Session, user_id: uuid.UUID, changes: dict[str, Any]
             access_changed = access_changed or field in ("roles", "active")
     if changes.get("password"):
         user.password_hash = hash_password(changes["password"])
-        user.failed_logins, user.locked_until = 0, None  # a new password also lifts a lock
+        if user.username:  # a new password also lifts the delays of earlier failures
+            session.execute(sa.delete(LoginFailure).where(LoginFailure.username == user.username))
         changed = access_changed = True
     if access_changed:
         user.tokens_valid_after = utcnow()

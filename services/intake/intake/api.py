@@ -11,17 +11,26 @@ from intake import services
 from intake.limits import limiter, settings_limit, user_key
 from intake.schemas import (
     CategoryOut,
+    DetailsIn,
     IssueOut,
     IssuePageOut,
+    IssueSummaryOut,
     MediaOut,
     MediaQuery,
     MineQuery,
+    PhoneIn,
+    PhoneOut,
     RatingIn,
     RatingOut,
     ReportCreatedOut,
     ReportIn,
+    StepOut,
+    UrgedOut,
+    UrgeIn,
     VillageOut,
+    WithdrawIn,
 )
+from intake.wechat import wechat_phone_for
 from shared.auth import current_principal, require_roles
 from shared.errors import BadRequest
 
@@ -87,7 +96,7 @@ def get_media(query, media_id: uuid.UUID):
 
 
 @blp.post("/issues")
-@require_roles("resident", "party_member")
+@require_roles("resident", "party_member", "grid_worker", "grid_leader", "admin")
 @limiter.limit(settings_limit("rate_limit_reports"), key_func=user_key)
 @blp.doc(
     security=BEARER,
@@ -96,23 +105,28 @@ def get_media(query, media_id: uuid.UUID):
 @blp.arguments(ReportIn)
 @blp.alt_response(201, schema=ReportCreatedOut, description="受理成功")
 def report_issue(data):
-    """Report a problem; the same Idempotency-Key and body give the same answer again."""
+    """Report a problem; the same Idempotency-Key and body give the same answer again.
+
+    Grid workers, grid leaders and admins report for a resident with ``on_behalf_of`` (代办).
+    """
     key = request.headers.get("Idempotency-Key", "").strip() or None
     if key is not None and len(key) > 128:
         raise BadRequest("Idempotency-Key 不能超过 128 个字符。", code="bad_idempotency_key")
+    on_behalf = data.get("on_behalf_of")
     report = services.NewReport(
         category=data["category"],
-        description=data["description"],
+        description=data.get("description") or "",
         village_id=data["village_id"],
         address=data.get("address"),
         lat=data.get("lat"),
         lon=data.get("lon"),
         photo_ids=tuple(data.get("photo_ids") or ()),
+        on_behalf_of=services.OnBehalf(**on_behalf) if on_behalf else None,
     )
     answer = services.report_issue_once(
         _db(),
         _settings(),
-        current_principal().id,
+        current_principal(),
         report,
         idempotency_key=key,
         fingerprint=services.body_fingerprint(request.get_json(silent=True)),
@@ -160,3 +174,64 @@ def rate_issue(data, issue_id: uuid.UUID):
         return services.rate_issue(
             session, current_principal(), issue_id, data["rating"], data.get("comment")
         )
+
+
+@blp.post("/issues/<uuid:issue_id>/details")
+@require_roles()
+@blp.doc(security=BEARER)
+@blp.arguments(DetailsIn)
+@blp.response(201, StepOut)
+def add_details(data, issue_id: uuid.UUID):
+    """补充说明: more words and photos on an open report (its reporter)."""
+    with _db().transaction() as session:
+        return services.add_details(
+            session, current_principal(), issue_id, data["text"], tuple(data["photo_ids"])
+        )
+
+
+@blp.post("/issues/<uuid:issue_id>/urge")
+@require_roles()
+@blp.doc(security=BEARER)
+@blp.arguments(UrgeIn)
+@blp.response(200, UrgedOut)
+def urge_issue(data, issue_id: uuid.UUID):
+    """催办 an open report (its reporter), at most once per ``URGE_INTERVAL_HOURS``."""
+    with _db().transaction() as session:
+        return services.urge(session, _settings(), current_principal(), issue_id, data["text"])
+
+
+@blp.post("/issues/<uuid:issue_id>/withdraw")
+@require_roles()
+@blp.doc(security=BEARER)
+@blp.arguments(WithdrawIn)
+@blp.response(200, IssueSummaryOut)
+def withdraw_issue(data, issue_id: uuid.UUID):
+    """撤回 a report not yet assigned (its reporter), with a reason."""
+    with _db().transaction() as session:
+        return services.withdraw(session, current_principal(), issue_id, data["reason"])
+
+
+@blp.get("/me/phone")
+@require_roles()
+@blp.doc(security=BEARER)
+@blp.response(200, PhoneOut)
+def my_phone():
+    """The caller's contact phone for callbacks (masked), and how it was confirmed."""
+    with _db().transaction() as session:
+        return services.my_phone(session, current_principal())
+
+
+@blp.put("/me/phone")
+@require_roles()
+@blp.doc(security=BEARER)
+@blp.arguments(PhoneIn)
+@blp.response(200, PhoneOut)
+def set_my_phone(data):
+    """联系电话: WeChat's ``getPhoneNumber`` code, or a number typed in with ``confirm: true``."""
+    return services.confirm_contact_phone(
+        _db(),
+        wechat_phone_for(current_app),
+        current_principal(),
+        code=data.get("code"),
+        phone=data.get("phone"),
+    )

@@ -8,7 +8,7 @@ from flask import Flask
 
 from intake.models import Base
 from intake.settings import IntakeSettings
-from shared.auth import TokenIssuer
+from shared.auth import AccountCheck, Principal, TokenIssuer
 from shared.db import Database
 from shared.settings import load_settings
 from shared.web import create_service_app
@@ -20,6 +20,18 @@ def make_database(settings: IntakeSettings) -> Database:
     return Database(settings.sqlalchemy_url, metadata=Base.metadata, producer="intake")
 
 
+def _account_check(db: Database) -> AccountCheck:
+    """Refuse a token whose account is gone, disabled, demoted or re-passworded since."""
+
+    def check(principal: Principal) -> str | None:
+        from intake.accounts import token_refusal
+
+        with db.transaction() as session:
+            return token_refusal(session, principal)
+
+    return check
+
+
 def create_app(settings: IntakeSettings | None = None) -> Flask:
     """Build the intake web app; nothing connects until the first request needs it."""
     settings = settings or load_settings(IntakeSettings)
@@ -27,7 +39,11 @@ def create_app(settings: IntakeSettings | None = None) -> Flask:
     from intake.handlers import SUBSCRIPTIONS
 
     app, api = create_service_app(
-        settings, db, title="Service365 intake 受理网关", subscriptions=SUBSCRIPTIONS
+        settings,
+        db,
+        title="Service365 intake 受理网关",
+        subscriptions=SUBSCRIPTIONS,
+        account_check=_account_check(db),
     )
     if not settings.private_key_path.exists():
         raise SystemExit(
@@ -49,10 +65,13 @@ def create_app(settings: IntakeSettings | None = None) -> Flask:
     from intake.media import storage_from_settings
 
     app.extensions["media_storage"] = storage_from_settings(settings)
-    # Let a 10 MB photo through with its multipart framing; larger bodies get a JSON 413.
-    app.config["MAX_CONTENT_LENGTH"] = settings.media_max_bytes + 256 * 1024
     init_limiter(app, settings)
     api.register_blueprint(reports_api.blp)
     api.register_blueprint(auth_api.blp)
     app.register_blueprint(open311.blp)
+    # Every body is capped at MAX_JSON_BODY_BYTES, but a 10 MB photo gets through with its
+    # multipart framing; larger bodies get a JSON 413.
+    app.extensions["request_guard"].allow_larger_body(
+        app, f"{reports_api.blp.name}.upload_media", settings.media_max_bytes + 256 * 1024
+    )
     return app

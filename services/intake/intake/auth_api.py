@@ -4,11 +4,14 @@ admins' account management. Each route loads its input, calls one use case in ``
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any
 
-from flask import current_app
+from flask import current_app, make_response, request
 from flask_smorest import Blueprint
 from sqlalchemy.orm import Session
 
@@ -20,6 +23,7 @@ from intake.account_schemas import (
     AccountQuerySchema,
     AccountSchema,
     PasswordLoginSchema,
+    RefreshSchema,
     SignedInSchema,
     WeChatLoginSchema,
 )
@@ -40,32 +44,84 @@ def _transaction() -> AbstractContextManager[Session]:
     return _db().transaction()
 
 
+def _refresh_ttl() -> timedelta:
+    return timedelta(days=current_app.extensions["settings"].refresh_token_ttl_days)
+
+
+def no_store(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Token answers are never kept by a browser or a proxy cache (RFC 6749 §5.1)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        response = make_response(view(*args, **kwargs))
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+        return response
+
+    return wrapper
+
+
 @blp.route("/auth/wechat", methods=["POST"])
+@no_store
+@limiter.limit(settings_limit("rate_limit_wechat_login_ip"))
 @blp.arguments(WeChatLoginSchema)
 @blp.response(200, SignedInSchema)
 def wechat_login(body: dict[str, Any]):
     """居民微信登录 Resident sign-in with a ``wx.login()`` code; the first creates the account."""
     return accounts.sign_in_resident(
-        _db(), wechat_login_for(current_app), current_app.extensions["token_issuer"], body["code"]
+        _db(),
+        wechat_login_for(current_app),
+        current_app.extensions["token_issuer"],
+        body["code"],
+        refresh_ttl=_refresh_ttl(),
     )
 
 
 @blp.route("/auth/login", methods=["POST"])
+@no_store
 @limiter.limit(settings_limit("rate_limit_login"), key_func=login_username_key)
 @limiter.limit(settings_limit("rate_limit_login_ip"))
 @blp.arguments(PasswordLoginSchema)
 @blp.response(200, SignedInSchema)
 def password_login(body: dict[str, Any]):
-    """工作人员登录 Staff sign-in with username and password; rate-limited, locks on failures."""
+    """工作人员登录 Staff sign-in with username and password; failures slow down the address."""
     settings = current_app.extensions["settings"]
     return accounts.sign_in_staff(
         _db(),
         current_app.extensions["token_issuer"],
         body["username"],
         body["password"],
-        max_failures=settings.login_max_failures,
-        lockout_minutes=settings.login_lockout_minutes,
+        address=request.remote_addr or "unknown",
+        policy=accounts.LoginPolicy(
+            max_failures=settings.login_max_failures,
+            delay_seconds=settings.login_delay_seconds,
+            delay_max_seconds=settings.login_delay_max_seconds,
+        ),
+        refresh_ttl=_refresh_ttl(),
     )
+
+
+@blp.route("/auth/refresh", methods=["POST"])
+@no_store
+@blp.arguments(RefreshSchema)
+@blp.response(200, SignedInSchema)
+def refresh(body: dict[str, Any]):
+    """续期 A new access token and refresh token for a refresh token (which is used up)."""
+    return accounts.refresh_sign_in(
+        _db(),
+        current_app.extensions["token_issuer"],
+        body["refresh_token"],
+        refresh_ttl=_refresh_ttl(),
+    )
+
+
+@blp.route("/auth/logout", methods=["POST"])
+@no_store
+@blp.arguments(RefreshSchema)
+@blp.response(204)
+def logout(body: dict[str, Any]):
+    """退出登录 Sign out: the refresh token (and every one rotated from it) stops counting."""
+    accounts.sign_out(_db(), body["refresh_token"])
 
 
 @blp.route("/me", methods=["GET"])

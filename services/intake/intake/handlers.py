@@ -10,6 +10,7 @@ its time (``Issue.state_changed_at``). Every step still lands in the timeline on
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -21,6 +22,8 @@ from intake.domain import LEVELS, RATINGS
 from intake.models import Issue, IssueStep, Media, User, Village
 from shared.clock import local_text
 from shared.events import Envelope
+
+log = logging.getLogger("intake.handlers")
 
 REOPEN_REASONS = {
     "unsatisfied": "群众不满意，重新办理",
@@ -65,9 +68,12 @@ class _Tolerant(Schema):
 
 
 class AssignedData(_Tolerant):
-    assignee_id = fields.UUID(required=True)
+    # None when the item was handed to a township department (分管部门: department_name).
+    assignee_id = fields.UUID(load_default=None, allow_none=True)
     assignee_name = fields.String(load_default=None, allow_none=True)
+    department_name = fields.String(load_default=None, allow_none=True)
     due_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    grid_leader_id = fields.UUID(load_default=None, allow_none=True)
 
 
 class EscalatedData(_Tolerant):
@@ -75,6 +81,8 @@ class EscalatedData(_Tolerant):
     reason = fields.String(load_default=None, allow_none=True)
     handler_id = fields.UUID(load_default=None, allow_none=True)
     county_department = fields.String(load_default=None, allow_none=True)
+    # The holding department: a township department at the township level, the county's above.
+    department_name = fields.String(load_default=None, allow_none=True)
 
 
 class OverdueData(_Tolerant):
@@ -85,6 +93,9 @@ class ResolvedData(_Tolerant):
     resolved_at = fields.AwareDateTime(load_default=None, allow_none=True)
     note = fields.String(load_default=None, allow_none=True)
     photo_ids = fields.List(fields.UUID(), load_default=list)
+    # Who resolved it: only photos they uploaded are attached (an older event: the assignee).
+    resolver_id = fields.UUID(load_default=None, allow_none=True)
+    assignee_id = fields.UUID(load_default=None, allow_none=True)
 
 
 class ReopenedData(_Tolerant):
@@ -101,6 +112,22 @@ class ClosedData(_Tolerant):
 
 class RejectedData(_Tolerant):
     reason = fields.String(load_default=None, allow_none=True)
+    # Rejected as a duplicate: the original report, which the reporter may then follow.
+    duplicate_of = fields.UUID(load_default=None, allow_none=True)
+    duplicate_of_ticket_no = fields.String(load_default=None, allow_none=True)
+
+
+class CallbackData(_Tolerant):
+    method = fields.String(load_default=None, allow_none=True)
+    accepted = fields.Boolean(load_default=None, allow_none=True)
+    passed = fields.Boolean(load_default=None, allow_none=True)
+
+
+class WithdrawalDeclinedData(_Tolerant):
+    reason = fields.String(load_default=None, allow_none=True)
+
+
+CALLBACK_METHODS = {"phone": "电话", "visit": "上门"}
 
 
 class VillageData(Schema):
@@ -206,14 +233,22 @@ def _apply_snapshot(session: Session, issue: Issue, snapshot: dict[str, Any], ve
 def handle_issue_assigned(session: Session, event: Envelope) -> None:
     data = AssignedData().load(event.data)
     issue = _issue(session, data["issue_id"])
-    name = (
-        data["assignee_name"]
-        or _snap(data, "assignee_name")
-        or _staff_name(session, data["assignee_id"])
-    )
-    title = f"已交办给网格员{name or ''}"
+    if data["department_name"]:
+        name = data["department_name"]
+        title = f"已交办给{name}"
+    else:
+        name = (
+            data["assignee_name"]
+            or _snap(data, "assignee_name")
+            or _staff_name(session, data["assignee_id"])
+        )
+        title = f"已交办给网格员{name or ''}"
     note = f"限 {local_text(data['due_at'])} 前办结" if data["due_at"] else None
-    if _step(session, issue, event, data, title, note, actor=name):
+    newest = _step(session, issue, event, data, title, note, actor=name)
+    if newest or (_versioned(data) and issue.dispatch_version == data["issue_version"]):
+        # This assignment is the latest one: its grid's leader may read the report (scopes).
+        issue.grid_leader_id = data["grid_leader_id"]
+    if newest:
         issue.status = "assigned"
         issue.assignee_id = data["assignee_id"]
         issue.assignee_name = name
@@ -233,8 +268,9 @@ def handle_issue_escalated(session: Session, event: Envelope) -> None:
     issue = _issue(session, data["issue_id"])
     level = data["to_level"]
     title = f"已转交{LEVELS.get(level, level)}协调办理"
-    if data.get("county_department"):
-        title += f"（{data['county_department']}）"
+    department = data.get("county_department") or data.get("department_name")
+    if department:
+        title += f"（{department}）"
     handler = _staff_name(session, data.get("handler_id"))
     if _versioned(data) and level != "county":
         handler = _snap(data, "handler_name") or handler
@@ -266,11 +302,33 @@ def handle_issue_resolved(session: Session, event: Envelope) -> None:
         issue.resolved_at = data.get("resolved_at") or event.occurred_at
         issue.rating = None
     if data["photo_ids"]:
-        # Result photos were uploaded by the worker; let the reporter see them.
-        session.execute(
-            sa.update(Media)
-            .where(Media.id.in_(data["photo_ids"]), Media.issue_id.is_(None))
-            .values(issue_id=issue.id)
+        _attach_result_photos(session, issue, data, event)
+
+
+def _attach_result_photos(
+    session: Session, issue: Issue, data: dict[str, Any], event: Envelope
+) -> None:
+    """Attach the result photos the resolver uploaded, so the reporter sees them. Any other id
+    (someone else's photo, one already in another report, an unknown one) is ignored and logged:
+    dispatch cannot see whose a photo is, so the check is here (issue 7, access 8)."""
+    resolver = data["resolver_id"] or data["assignee_id"]
+    wanted = set(data["photo_ids"])
+    taken: set[uuid.UUID] = set()
+    photos = session.scalars(sa.select(Media).where(Media.id.in_(wanted)).with_for_update())
+    for media in photos:
+        free = media.issue_id is None or media.issue_id == issue.id
+        if resolver is not None and media.uploader_id == resolver and free:
+            media.issue_id = issue.id
+            taken.add(media.id)
+    refused = wanted - taken
+    if refused:
+        log.warning(
+            "issue.resolved %s of issue %s: photos %s not attached (not uploaded by the "
+            "resolver %s, attached elsewhere, or unknown)",
+            event.id,
+            issue.id,
+            sorted(map(str, refused)),
+            resolver,
         )
 
 
@@ -304,9 +362,45 @@ def handle_issue_closed(session: Session, event: Envelope) -> None:
 def handle_issue_rejected(session: Session, event: Envelope) -> None:
     data = RejectedData().load(event.data)
     issue = _issue(session, data["issue_id"])
-    if _step(session, issue, event, data, "不予受理", data.get("reason")):
+    title = "不予受理"
+    if data["duplicate_of"] is not None:
+        # A rejection happens once and nothing follows it: the link is kept whatever the order.
+        issue.duplicate_of_id = data["duplicate_of"]
+        issue.duplicate_of_ticket_no = data["duplicate_of_ticket_no"] or _ticket_no(
+            session, data["duplicate_of"]
+        )
+        title = f"重复反映，已并入 {issue.duplicate_of_ticket_no or '原事项'} 办理"
+    if _step(session, issue, event, data, title, data.get("reason")):
         issue.status = "rejected"
         issue.reject_reason = data.get("reason")
+
+
+def _ticket_no(session: Session, issue_id: uuid.UUID) -> str | None:
+    return session.scalar(sa.select(Issue.ticket_no).where(Issue.id == issue_id))
+
+
+def handle_issue_callback_recorded(session: Session, event: Envelope) -> None:
+    """督导组回访 (回头看): the resident sees the verdict, never the supervisor's notes."""
+    data = CallbackData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    method = CALLBACK_METHODS.get(data.get("method") or "", "")
+    verdict = "满意" if data.get("accepted") else "不满意"
+    title = f"督导组{method}回访：{verdict}"
+    note = None
+    if data.get("passed") is True:
+        note = "回访通过"
+    elif data.get("passed") is False:
+        note = "回访未通过，将重新办理"
+    _step(session, issue, event, data, title, note, moves_state=False)
+
+
+def handle_issue_withdrawal_declined(session: Session, event: Envelope) -> None:
+    """dispatch had already taken the report on when the resident withdrew it: it goes on."""
+    data = WithdrawalDeclinedData().load(event.data)
+    issue = _issue(session, data["issue_id"])
+    note = data.get("reason") or "事项已交办，将继续办理"
+    # The snapshot it carries (newer than any held) brings back the state dispatch keeps.
+    _step(session, issue, event, data, "撤回未成功", note, moves_state=False)
 
 
 def handle_village_upserted(session: Session, event: Envelope) -> None:
@@ -341,5 +435,7 @@ SUBSCRIPTIONS = {
     "issue.reopened": handle_issue_reopened,
     "issue.closed": handle_issue_closed,
     "issue.rejected": handle_issue_rejected,
+    "issue.callback_recorded": handle_issue_callback_recorded,
+    "issue.withdrawal_declined": handle_issue_withdrawal_declined,
     "village.upserted": handle_village_upserted,
 }

@@ -1,7 +1,8 @@
 """Rate limits (flask-limiter): Redis when REDIS_URL is set, memory otherwise.
 
 Limits are keyed by the signed-in user for reports and uploads (a whole village may share one
-carrier address), by username and by IP for password login.
+carrier address), by username and address and by address alone for password login, by address
+for WeChat login. The address is the client's as ProxyFix found it (``TRUSTED_PROXY_HOPS``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def user_key() -> str:
 
 
 def login_username_key() -> str:
+    """One username from one address: tries for a username from elsewhere are not held back."""
     body = request.get_json(silent=True) or {}
     username = body.get("username") if isinstance(body, dict) else None
-    return f"login-user:{str(username or '').strip().lower()[:64]}"
+    return f"login-user:{str(username or '').strip().lower()[:64]}@{get_remote_address()}"
 
 
 def settings_limit(name: str):

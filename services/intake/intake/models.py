@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -33,15 +33,52 @@ class User(Base):
     village_id: Mapped[uuid.UUID | None]
     active: Mapped[bool] = mapped_column(default=True)
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
-    failed_logins: Mapped[int] = mapped_column(default=0)
-    locked_until: Mapped[datetime | None]
     # Grows by one with every ``account.upserted``: consumers ignore an older snapshot.
     revision: Mapped[int] = mapped_column(default=0, server_default="0")
-    # The last change of password, roles or active: tokens issued before it should not count
-    # (carried in ``account.upserted``; enforcing it is a later step).
+    # The last change of password, roles or active: access and refresh tokens issued before it
+    # are refused (here and, from ``account.upserted``, by every other service).
     tokens_valid_after: Mapped[datetime | None]
+    # A resident's contact phone for callbacks (回访), confirmed by WeChat (``wechat``) or typed
+    # in and confirmed (``typed``); never in ``account.upserted``: only the reports carry it.
+    contact_phone: Mapped[str | None] = mapped_column(sa.String(32))
+    contact_phone_source: Mapped[str | None] = mapped_column(sa.String(16))
+    contact_phone_confirmed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class RefreshToken(Base):
+    """One refresh token (only its SHA-256 is kept). Each use rotates it: the used one is marked,
+    a new one of the same ``family_id`` is handed out; a used one shown again revokes the family.
+    """
+
+    __tablename__ = "refresh_tokens"
+    # Kept a day past expiry (a used one must stay until then to catch its reuse), then purged.
+    __table_args__ = {"info": {"retention": ("expires_at", timedelta(days=1))}}
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    family_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class LoginFailure(Base):
+    """Failed staff logins of one username from one client address, and how long that address
+    must wait before its next try for that username."""
+
+    __tablename__ = "login_failures"
+    # Purged once even the longest wait (LOGIN_DELAY_MAX_SECONDS ≤ 7 days) has run out.
+    __table_args__ = {"info": {"retention": ("last_failed_at", timedelta(days=8))}}
+
+    username: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failed_at: Mapped[datetime | None] = mapped_column(index=True)
+    blocked_until: Mapped[datetime | None]
 
 
 class Village(Base):
@@ -81,12 +118,17 @@ class Issue(Base):
     __table_args__ = (
         sa.Index("ix_issues_reporter_reported", "reporter_id", "reported_at", "id"),
         sa.Index("ix_issues_reported", "reported_at", "id"),
+        sa.Index("ix_issues_submitted_by", "submitted_by", "reported_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     ticket_no: Mapped[str] = mapped_column(sa.String(32), unique=True)
     reporter_id: Mapped[uuid.UUID]
     source: Mapped[str] = mapped_column(sa.String(16), default="miniprogram")
+    # The staff member who reported on the resident's behalf (代办/帮办); None: the reporter.
+    submitted_by: Mapped[uuid.UUID | None]
+    urge_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_urged_at: Mapped[datetime | None]
     contact_name: Mapped[str | None] = mapped_column(sa.String(64))
     contact_phone: Mapped[str | None] = mapped_column(sa.String(32))
     category: Mapped[str] = mapped_column(sa.String(32))
@@ -100,12 +142,17 @@ class Issue(Base):
     level: Mapped[str] = mapped_column(sa.String(16), default="grid")
     assignee_id: Mapped[uuid.UUID | None]
     assignee_name: Mapped[str | None] = mapped_column(sa.String(64))
+    # The leader of the grid it was assigned to (``issue.assigned``): they may read it here too.
+    grid_leader_id: Mapped[uuid.UUID | None]
     due_at: Mapped[datetime | None]
     resolution_note: Mapped[str | None] = mapped_column(sa.Text)
     resolution_photo_ids: Mapped[list] = mapped_column(default=list)
     resolved_at: Mapped[datetime | None]
     resolution_count: Mapped[int] = mapped_column(default=0)
     reject_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Rejected as a duplicate of this report (from ``issue.rejected``): the reporter follows it.
+    duplicate_of_id: Mapped[uuid.UUID | None]
+    duplicate_of_ticket_no: Mapped[str | None] = mapped_column(sa.String(32))
     rating: Mapped[str | None] = mapped_column(sa.String(24))
     closed_at: Mapped[datetime | None]
     state_changed_at: Mapped[datetime | None]

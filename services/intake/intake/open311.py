@@ -12,7 +12,7 @@ import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -28,6 +28,7 @@ from intake.open311_services import (
     RequestView,
     ServiceType,
     Submission,
+    audience_for,
     catalogue_changeset,
     check_jurisdiction,
     client_for_key,
@@ -72,7 +73,11 @@ PARAM_NAMES = {
     "village_id": "attribute[village_id]",
 }
 CONTACT = "沙口集乡“使命在线·服务365”平台，由沙口集乡人民政府网格化服务管理中心维护。"
-KEY_SERVICE = "提交诉求需要 api_key：请向沙口集乡人民政府网格总管理员申请。查询无需 api_key。"
+KEY_SERVICE = (
+    "提交诉求需要 api_key：请向沙口集乡人民政府网格总管理员申请。公开查询无需 api_key，"
+    "但只列出公开类别的诉求，且只显示类别、状态、所在村、约 1 公里精度的位置和时间；"
+    "不公开类别（如邻里纠纷、医疗养老）、诉求描述和精确位置需凭 api_key 查询。"
+)
 VILLAGE_ATTRIBUTE = "village_id"
 _ATTRIBUTE_PARAM = re.compile(r"^attribute\[([^\[\]]+)\](\[\])?$")
 # Characters XML 1.0 cannot carry at all, even escaped.
@@ -141,9 +146,10 @@ def list_requests(fmt: str) -> Response:
     """GET Service Requests, filtered as the spec says."""
     fmt = _format(fmt)
     check_jurisdiction(_settings(), _arg("jurisdiction_id"))
+    audience = audience_for(_settings(), _arg("api_key"))
     query = _request_query(request.args)
     with _db().transaction() as session:
-        docs = [_request_doc(view) for view in find_requests(session, query)]
+        docs = [_request_doc(view) for view in find_requests(session, query, audience)]
     return _render(fmt, "service_requests", docs)
 
 
@@ -152,8 +158,9 @@ def one_request(service_request_id: str, fmt: str) -> Response:
     """GET Service Request: an array holding the one request."""
     fmt = _format(fmt)
     check_jurisdiction(_settings(), _arg("jurisdiction_id"))
+    audience = audience_for(_settings(), _arg("api_key"))
     with _db().transaction() as session:
-        doc = _request_doc(get_request(session, service_request_id))
+        doc = _request_doc(get_request(session, service_request_id, audience))
     return _render(fmt, "service_requests", [doc])
 
 
@@ -344,11 +351,15 @@ def _datetime_arg(args: MultiDict, name: str) -> datetime | None:
     value = _SPACED_OFFSET.sub(r"+\1", value)
     try:
         moment = datetime.fromisoformat(value.replace("z", "Z"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=SHANGHAI)
+        return moment.astimezone(UTC)
     except ValueError:
         raise BadRequest(
             f"{name} 应为 W3C 格式的时间，例如 2026-11-28T21:00:00+08:00，收到「{value}」。"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=SHANGHAI)
+    except OverflowError:  # 0001-01-01T00:00 in Shanghai is before year 1 in UTC
+        raise BadRequest(f"{name} 超出可用的时间范围，收到「{value}」。") from None
 
 
 def _attributes(params: MultiDict) -> dict[str, list[str]]:
@@ -466,8 +477,9 @@ def _definition_doc(service: ServiceType, villages: Iterable[Village]) -> dict[s
 
 
 def _request_doc(view: RequestView) -> dict[str, Any]:
-    """The public face of a report: never the reporter's id, name, phone or openid, nor the
-    contact details an Open311 client sent."""
+    """A report as its reader may see it (``RequestView``: without an api_key no free text and
+    a rounded location); never the reporter's id, name, phone or openid, nor the contact
+    details an Open311 client sent."""
     issue = view.issue
     return {
         "service_request_id": issue.ticket_no,
@@ -475,17 +487,17 @@ def _request_doc(view: RequestView) -> dict[str, Any]:
         "status_notes": view.status_notes,
         "service_name": domain.CATEGORIES.get(issue.category, issue.category),
         "service_code": issue.category,
-        "description": issue.description,
+        "description": view.description,
         "agency_responsible": view.agency_responsible,
         "service_notice": view.service_notice,
         "requested_datetime": _w3c(issue.reported_at),
         "updated_datetime": _w3c(view.updated_at),
         "expected_datetime": _w3c(issue.due_at),
-        "address": issue.address,
+        "address": view.address,
         "address_id": None,
         "zipcode": None,
-        "lat": issue.lat,
-        "long": issue.lon,
+        "lat": view.lat,
+        "long": view.lon,
         # Residents' photos show homes and faces and are served only to signed-in users who
         # may see the report, so public Open311 output never links them.
         "media_url": None,

@@ -31,7 +31,7 @@ from shared.events import emit
 MAX_SPAN = timedelta(days=90)
 MAX_RESULTS = 1000
 
-CLOSED_STATES = frozenset({"resolved", "closed", "rejected"})
+CLOSED_STATES = frozenset({"resolved", "closed", "rejected", "withdrawn"})
 TOWNSHIP_AGENCY = "沙口集乡人民政府"
 AGENCY_BY_LEVEL = {
     "township": TOWNSHIP_AGENCY,
@@ -99,18 +99,48 @@ def check_jurisdiction(settings: IntakeSettings, jurisdiction_id: str | None) ->
         )
 
 
-def client_for_key(settings: IntakeSettings, api_key: str | None) -> str:
+def client_for_key(settings: IntakeSettings, api_key: str | None, action: str = "提交诉求") -> str:
     """The client name an api_key belongs to; 403 when it is missing or unknown."""
     if not api_key:
-        raise Forbidden("缺少 api_key，无法提交诉求。", code="api_key_missing")
+        raise Forbidden(f"缺少 api_key，无法{action}。", code="api_key_missing")
     found = None
     for key, name in settings.open311_keys.items():
         # compare every key in constant time, so the answer time says nothing about the keys
         if hmac.compare_digest(key.encode(), api_key.encode()):
             found = name
     if found is None:
-        raise Forbidden("api_key 无效，无法提交诉求。", code="api_key_invalid")
+        raise Forbidden(f"api_key 无效，无法{action}。", code="api_key_invalid")
     return found
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who reads reports: the public, or an API client holding a key.
+
+    The public sees only the public categories, and of each report only what names nobody:
+    category, status, village, dates and a location rounded to ``decimals`` (a resident's
+    description, exact address and the staff's notes can name people, so they are left out).
+    A client with a key sees every category with its text and exact location; nobody ever
+    sees who reported or how to reach them."""
+
+    client: str | None
+    public_categories: frozenset[str]
+    decimals: int
+
+    @property
+    def full(self) -> bool:
+        return self.client is not None
+
+    def may_see(self, category: str) -> bool:
+        return self.full or category in self.public_categories
+
+
+def audience_for(settings: IntakeSettings, api_key: str | None) -> Audience:
+    """The public without a key; the key's client with a valid one; 403 for a wrong key."""
+    client = client_for_key(settings, api_key, "查询不公开的诉求") if api_key else None
+    return Audience(
+        client, settings.open311_public_category_set, settings.open311_coordinate_decimals
+    )
 
 
 def catalogue_changeset(session: Session) -> datetime:
@@ -143,13 +173,37 @@ class RequestView:
 
     issue: Issue
     village_name: str | None
+    audience: Audience
 
     @property
     def status(self) -> str:
         return open311_status(self.issue.status)
 
     @property
+    def description(self) -> str | None:
+        return self.issue.description if self.audience.full else None
+
+    @property
+    def address(self) -> str | None:
+        return self.issue.address if self.audience.full else self.village_name
+
+    @property
+    def lat(self) -> float | None:
+        return self._coordinate(self.issue.lat)
+
+    @property
+    def lon(self) -> float | None:
+        return self._coordinate(self.issue.lon)
+
+    def _coordinate(self, value: float | None) -> float | None:
+        if value is None or self.audience.full:
+            return value
+        return round(value, self.audience.decimals)
+
+    @property
     def status_notes(self) -> str | None:
+        if not self.audience.full:
+            return None
         if self.issue.status == "rejected":
             return self.issue.reject_reason
         if self.issue.status in {"resolved", "closed"}:
@@ -203,9 +257,9 @@ def request_window(
         return now - MAX_SPAN, now
     if start is None:
         assert end is not None
-        return end - MAX_SPAN, end
+        return _shifted(end, -MAX_SPAN), end
     if end is None:
-        return start, start + MAX_SPAN
+        return start, _shifted(start, MAX_SPAN)
     if end < start:
         raise BadRequest("end_date 不能早于 start_date。", code="bad_date_range")
     if end - start > MAX_SPAN:
@@ -215,11 +269,29 @@ def request_window(
     return start, end
 
 
+def _shifted(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, stopping at the calendar's ends (a start of 9999-12-31 is fine)."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return (datetime.max if delta > timedelta(0) else datetime.min).replace(tzinfo=UTC)
+
+
 def find_requests(
-    session: Session, query: RequestQuery, now: datetime | None = None
+    session: Session, query: RequestQuery, audience: Audience, now: datetime | None = None
 ) -> list[RequestView]:
-    """Reports matching the filters, newest first, at most 1000 (the spec's response volume)."""
+    """Reports matching the filters that ``audience`` may see, newest first, at most 1000 (the
+    spec's response volume)."""
     stmt = sa.select(Issue)
+    if not audience.full:
+        hidden = [code for code in query.service_codes if code not in audience.public_categories]
+        if hidden and all(code in SERVICE_TYPES for code in hidden):
+            raise Forbidden(
+                f"类别「{'、'.join(SERVICE_TYPES[c].name for c in hidden)}」的诉求不公开，"
+                "查询需要 api_key。",
+                code="api_key_missing",
+            )
+        stmt = stmt.where(Issue.category.in_(sorted(audience.public_categories)))
     if query.ticket_nos:
         # "This overrides all other arguments."
         stmt = stmt.where(Issue.ticket_no.in_(query.ticket_nos))
@@ -237,24 +309,25 @@ def find_requests(
         elif wanted == {"open"}:
             stmt = stmt.where(Issue.status.not_in(CLOSED_STATES))
     stmt = stmt.order_by(Issue.reported_at.desc(), Issue.id.desc()).limit(MAX_RESULTS)
-    return _with_villages(session, list(session.scalars(stmt)))
+    return _with_villages(session, list(session.scalars(stmt)), audience)
 
 
-def get_request(session: Session, ticket_no: str) -> RequestView:
+def get_request(session: Session, ticket_no: str, audience: Audience) -> RequestView:
+    """One report; one of a category ``audience`` may not see is answered as not found."""
     issue = session.scalar(sa.select(Issue).where(Issue.ticket_no == ticket_no))
-    if issue is None:
+    if issue is None or not audience.may_see(issue.category):
         raise NotFound(f"service_request_id「{ticket_no}」不存在。", code="request_not_found")
-    return _with_villages(session, [issue])[0]
+    return _with_villages(session, [issue], audience)[0]
 
 
-def _with_villages(session: Session, issues: list[Issue]) -> list[RequestView]:
+def _with_villages(session: Session, issues: list[Issue], audience: Audience) -> list[RequestView]:
     ids = {i.village_id for i in issues}
     names = (
         dict(session.execute(sa.select(Village.id, Village.name).where(Village.id.in_(ids))).all())
         if ids
         else {}
     )
-    return [RequestView(issue, names.get(issue.village_id)) for issue in issues]
+    return [RequestView(issue, names.get(issue.village_id), audience) for issue in issues]
 
 
 # --- creating a request ------------------------------------------------------------------------
@@ -314,7 +387,6 @@ def system_reporter(session: Session, client_name: str) -> uuid.UUID:
             name=client_name[:64],
             roles=["resident"],
             active=True,
-            failed_logins=0,
             created_at=now,
             updated_at=now,
         )

@@ -6,6 +6,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from intake import domain
+from intake import domain, scopes
 from intake.media import MediaStorage, clean_image, content_type_for_key
 from intake.models import (
     IdempotencyRecord,
@@ -27,16 +28,30 @@ from intake.models import (
     Village,
 )
 from intake.settings import IntakeSettings
-from shared.auth import STAFF_ROLES, Principal
-from shared.clock import utcnow
+from shared.auth import Principal
+from shared.clock import local_text, utcnow
 from shared.db import Database, after_commit
-from shared.errors import Conflict, Invalid, NotFound
+from shared.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
 from shared.events import emit
 from shared.pagination import keyset_page
 
 ISSUES_REPORTED = Counter(
     "issues_reported_total", "Reports stored (counted once committed)", ["category"]
 )
+
+
+@dataclass(frozen=True)
+class OnBehalf:
+    """The resident a staff member reports for (代办/帮办): an account, or a name and phone."""
+
+    resident_id: uuid.UUID | None = None
+    name: str | None = None
+    phone: str | None = None
+
+
+# Who may report on a resident's behalf.
+PROXY_ROLES = frozenset({"grid_worker", "grid_leader", "admin"})
+RESIDENT_ROLES = frozenset({"resident", "party_member"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class NewReport:
     source: str = "miniprogram"
     contact_name: str | None = None
     contact_phone: str | None = None
+    on_behalf_of: OnBehalf | None = None
 
 
 def next_ticket_seq(session: Session, day: str) -> int:
@@ -70,9 +86,13 @@ def next_ticket_seq(session: Session, day: str) -> int:
 
 
 def _check_report(session: Session, reporter_id: uuid.UUID, report: NewReport) -> list[Media]:
+    """``reporter_id`` here is who took the photos: the resident, or the staff member for them."""
     errors: dict[str, list[str]] = {}
     if report.category not in domain.CATEGORIES:
         errors["category"] = ["未知的事项类别。"]
+    problem = domain.description_problem(report.description, bool(report.photo_ids))
+    if problem:
+        errors["description"] = [problem]
     if session.get(Village, report.village_id) is None:
         errors["village_id"] = ["未知的村庄。"]
     photos: list[Media] = []
@@ -95,8 +115,24 @@ def _check_report(session: Session, reporter_id: uuid.UUID, report: NewReport) -
 def report_issue(
     session: Session, settings: IntakeSettings, reporter_id: uuid.UUID, report: NewReport
 ) -> Issue:
-    """Store a report and its ``issue.reported`` event in the caller's transaction."""
+    """Store a report and its ``issue.reported`` event in the caller's transaction.
+
+    With ``report.on_behalf_of`` the caller (``reporter_id``) is the staff member who submits it
+    (代办): the resident becomes the reporter when they have an account, else the staff member
+    stays the reporter for them and the resident's name and phone are the contact.
+    """
     photos = _check_report(session, reporter_id, report)
+    submitted_by: uuid.UUID | None = None
+    contact_name, contact_phone = report.contact_name, report.contact_phone
+    if report.on_behalf_of is not None:
+        submitted_by = reporter_id
+        resident_id, contact_name, contact_phone = _resident_of(session, report.on_behalf_of)
+        reporter_id = resident_id or submitted_by
+    elif report.source == "miniprogram" and contact_phone is None:
+        # The resident's confirmed contact phone goes with each report, for a phone callback.
+        user = session.get(User, reporter_id)
+        if user is not None and user.contact_phone:
+            contact_name, contact_phone = contact_name or user.name or None, user.contact_phone
     now = utcnow()
     issue = Issue(
         id=uuid.uuid4(),
@@ -104,11 +140,12 @@ def report_issue(
             settings.ticket_prefix, now, next_ticket_seq(session, domain.shanghai_day(now))
         ),
         reporter_id=reporter_id,
-        source=report.source,
-        contact_name=report.contact_name,
-        contact_phone=report.contact_phone,
+        submitted_by=submitted_by,
+        source="on_behalf" if submitted_by else report.source,
+        contact_name=contact_name,
+        contact_phone=contact_phone,
         category=report.category,
-        description=report.description.strip(),
+        description=(report.description or "").strip(),
         village_id=report.village_id,
         address=report.address,
         lat=report.lat,
@@ -123,9 +160,13 @@ def report_issue(
     session.flush()
     for photo in photos:
         photo.issue_id = issue.id
+    proxy = _staff_label(session, submitted_by) if submitted_by else None
     session.add(
         IssueStep(
-            issue_id=issue.id, kind="issue.reported", title="已受理：诉求已提交", occurred_at=now
+            issue_id=issue.id,
+            kind="issue.reported",
+            title=f"已受理：{proxy}代为提交诉求" if proxy else "已受理：诉求已提交",
+            occurred_at=now,
         )
     )
     emit(
@@ -144,10 +185,40 @@ def report_issue(
             "photo_ids": issue.photo_ids,
             "reported_at": now,
             "source": issue.source,
+            "submitted_by": submitted_by,
+            "contact_name": contact_name,
+            "contact_phone": contact_phone,
         },
     )
     after_commit(session, ISSUES_REPORTED.labels(issue.category).inc)
     return issue
+
+
+def _resident_of(
+    session: Session, on_behalf: OnBehalf
+) -> tuple[uuid.UUID | None, str | None, str | None]:
+    """(reporter id, contact name, contact phone) of the resident a staff member reports for."""
+    phone = domain.mobile_number(on_behalf.phone) if on_behalf.phone else None
+    if on_behalf.phone and phone is None:
+        raise Invalid(details={"on_behalf_of": {"phone": ["请填写正确的 11 位手机号码。"]}})
+    if on_behalf.resident_id is None:
+        return None, (on_behalf.name or "").strip() or None, phone
+    resident = session.get(User, on_behalf.resident_id)
+    if resident is None or not resident.active or not RESIDENT_ROLES.intersection(resident.roles):
+        raise Invalid(details={"on_behalf_of": {"resident_id": ["未找到该群众账号。"]}})
+    name = (on_behalf.name or "").strip() or resident.name or None
+    return resident.id, name, phone or resident.contact_phone
+
+
+def _staff_label(session: Session, user_id: uuid.UUID) -> str:
+    user = session.get(User, user_id)
+    roles = set(user.roles) if user else set()
+    role = "工作人员"
+    if "grid_worker" in roles:
+        role = "网格员"
+    elif "grid_leader" in roles:
+        role = "网格长"
+    return f"{role}{user.name if user else ''}"
 
 
 def body_fingerprint(body: Any) -> str:
@@ -162,10 +233,23 @@ class Answer:
     body: dict[str, Any]
 
 
+def check_reporter(caller: Principal, report: NewReport) -> None:
+    """Residents report for themselves; grid workers, grid leaders and admins for a resident."""
+    if report.on_behalf_of is not None:
+        if not caller.has(*PROXY_ROLES):
+            raise Forbidden("只有网格员、网格长和管理员可以代群众提交诉求。", code="not_a_proxy")
+    elif not caller.has(*RESIDENT_ROLES):
+        raise Invalid(
+            "工作人员代群众提交时，请填写代办群众的信息（on_behalf_of）。",
+            code="on_behalf_of_required",
+            details={"on_behalf_of": ["请填写代办群众的姓名或选择群众账号。"]},
+        )
+
+
 def report_issue_once(
     db: Database,
     settings: IntakeSettings,
-    reporter_id: uuid.UUID,
+    caller: Principal | uuid.UUID,
     report: NewReport,
     *,
     idempotency_key: str | None,
@@ -173,6 +257,11 @@ def report_issue_once(
     render: Any,
 ) -> Answer:
     """``report_issue`` honouring an Idempotency-Key: a retry gets the first answer again."""
+    if isinstance(caller, Principal):
+        check_reporter(caller, report)
+        reporter_id = caller.id
+    else:
+        reporter_id = caller
     if idempotency_key:
         earlier = _earlier_answer(db, reporter_id, idempotency_key, fingerprint)
         if earlier is not None:
@@ -219,16 +308,54 @@ def _earlier_answer(db: Database, user_id: uuid.UUID, key: str, fingerprint: str
 
 
 def visible_issue(session: Session, principal: Principal, issue_id: uuid.UUID) -> Issue:
-    """The issue if the caller may see it: its reporter or staff; 404 for anyone else."""
+    """The issue if the caller may read it (``scopes``); 404 for anyone else. Only photos
+    attached to it are shown (a foreign id from a resolution is not)."""
     issue = session.scalar(
         sa.select(Issue).options(selectinload(Issue.steps)).where(Issue.id == issue_id)
     )
-    if issue is None or not (issue.reporter_id == principal.id or principal.is_staff):
+    if issue is None or not scopes.may_read_issue(session, principal, issue):
         raise NotFound("未找到该事项。")
+    issue.shown_photo_ids = scopes.attached(  # type: ignore[attr-defined]
+        session, issue, issue.photo_ids
+    )
+    issue.shown_resolution_photo_ids = scopes.attached(  # type: ignore[attr-defined]
+        session, issue, issue.resolution_photo_ids
+    )
     village = session.get(Village, issue.village_id)
     issue.village_name = village.name if village else None  # type: ignore[attr-defined]
     issue.can_rate = issue.reporter_id == principal.id and _rateable(session, issue)  # type: ignore[attr-defined]
+    issue.duplicate_of = original_progress(session, issue)  # type: ignore[attr-defined]
     return issue
+
+
+def original_progress(session: Session, issue: Issue) -> dict[str, Any] | None:
+    """For a report rejected as a duplicate: the original's progress that its reporter may
+    follow (state, level, handler, times, step titles), and nothing of the original reporter
+    (no description, address, photos, contact, rating or notes)."""
+    if issue.duplicate_of_id is None:
+        return None
+    original = session.scalar(
+        sa.select(Issue).options(selectinload(Issue.steps)).where(Issue.id == issue.duplicate_of_id)
+    )
+    if original is None:  # not (yet) known here: the number alone
+        return {"ticket_no": issue.duplicate_of_ticket_no, "timeline": []}
+    timeline = []
+    for step in original.steps:
+        title = domain.public_step_title(step.kind, step.title)
+        if title is not None:
+            timeline.append({"title": title, "occurred_at": step.occurred_at})
+    return {
+        "ticket_no": original.ticket_no,
+        "category": original.category,
+        "status": original.status,
+        "level": original.level,
+        "handler_name": original.assignee_name,
+        "reported_at": original.reported_at,
+        "due_at": original.due_at,
+        "resolved_at": original.resolved_at,
+        "closed_at": original.closed_at,
+        "timeline": timeline,
+    }
 
 
 def _rateable(session: Session, issue: Issue) -> bool:
@@ -252,9 +379,14 @@ def my_issues(
     cursor: str | None,
     limit: int,
 ) -> tuple[list[Issue], str | None]:
-    """The caller's own reports, newest first (已办结事项 and the rest)."""
-    stmt = sa.select(Issue).where(Issue.reporter_id == principal.id)
-    if status:
+    """The caller's own reports (and those they submitted for a resident), newest first;
+    ``status`` a state, or ``done`` (resolved and closed: 已办结事项) or ``open``."""
+    stmt = sa.select(Issue).where(
+        sa.or_(Issue.reporter_id == principal.id, Issue.submitted_by == principal.id)
+    )
+    if status in domain.STATUS_GROUPS:
+        stmt = stmt.where(Issue.status.in_(sorted(domain.STATUS_GROUPS[status])))
+    elif status:
         stmt = stmt.where(Issue.status == status)
     return keyset_page(
         session,
@@ -379,24 +511,200 @@ def read_photo(
 ) -> tuple[bytes, str]:
     """A photo for its uploader, staff, or the reporter of the issue it belongs to; else 404."""
     media = session.get(Media, media_id)
-    if media is None or not _may_see(session, viewer, media):
+    if media is None or not scopes.may_see_media(session, viewer, media):
         raise NotFound("未找到该照片。")
     key = media.thumb_key if size == "thumb" else media.storage_key
     return storage.get(key), content_type_for_key(key)
 
 
-def _may_see(session: Session, viewer: Principal, media: Media) -> bool:
-    """Uploader; staff for photos of a report or taken by staff (work notes, results); the
-    reporter for the photos of their report. A resident's photo not yet in a report stays theirs.
+# --- the reporter follows up: details (补充说明), urging (催办), withdrawal (撤回) --------------
+
+
+def _followed_issue(session: Session, principal: Principal, issue_id: uuid.UUID) -> Issue:
+    """The caller's report (as reporter, or as the staff member who submitted it), locked."""
+    issue = session.scalar(sa.select(Issue).where(Issue.id == issue_id).with_for_update())
+    if issue is None or principal.id not in (issue.reporter_id, issue.submitted_by):
+        raise NotFound("未找到该事项。")
+    return issue
+
+
+def _require_open(issue: Issue, doing: str) -> None:
+    if issue.status not in domain.OPEN_STATES:
+        raise Conflict(
+            f"该事项当前状态为「{domain.STATES.get(issue.status, issue.status)}」，不能{doing}。",
+            code="wrong_state",
+            details={"status": issue.status},
+        )
+
+
+def add_details(
+    session: Session,
+    principal: Principal,
+    issue_id: uuid.UUID,
+    text: str,
+    photo_ids: tuple[uuid.UUID, ...] = (),
+) -> IssueStep:
+    """补充说明 on an open report, with the caller's own photos; emits ``issue.details_added``."""
+    issue = _followed_issue(session, principal, issue_id)
+    _require_open(issue, "补充说明")
+    if len(set(photo_ids)) != len(photo_ids):
+        raise Invalid(details={"photo_ids": ["照片不能重复。"]})
+    if photo_ids:
+        photos = list(
+            session.scalars(sa.select(Media).where(Media.id.in_(photo_ids)).with_for_update())
+        )
+        usable = {m.id for m in photos if m.uploader_id == principal.id and m.issue_id is None}
+        if usable != set(photo_ids):
+            raise Invalid(details={"photo_ids": ["只能附上您本人上传、且未用于其他事项的照片。"]})
+        for photo in photos:
+            photo.issue_id = issue.id
+    now = utcnow()
+    text = text.strip()
+    step = IssueStep(
+        issue_id=issue.id,
+        kind="issue.details_added",
+        title="群众补充说明",
+        note=text,
+        occurred_at=now,
+    )
+    session.add(step)
+    emit(
+        session,
+        "issue.details_added",
+        {
+            "issue_id": issue.id,
+            "reporter_id": issue.reporter_id,
+            "text": text,
+            "photo_ids": [str(p) for p in photo_ids],
+            "by": principal.id,
+            "added_at": now,
+        },
+    )
+    return step
+
+
+def urge(
+    session: Session,
+    settings: IntakeSettings,
+    principal: Principal,
+    issue_id: uuid.UUID,
+    text: str | None = None,
+) -> Issue:
+    """催办 an open report, at most once per ``URGE_INTERVAL_HOURS``; emits ``issue.urged``."""
+    issue = _followed_issue(session, principal, issue_id)
+    _require_open(issue, "催办")
+    now = utcnow()
+    interval = timedelta(hours=settings.urge_interval_hours)
+    again_at = domain.next_urge_at(issue.last_urged_at, interval)
+    if again_at is not None and now < again_at:
+        raise TooManyRequests(
+            f"您已催办过该事项，工作人员正在处理；请于 {local_text(again_at)} 之后再催办。",
+            code="urged_recently",
+            retry_after=max(1, int((again_at - now).total_seconds()) + 1),
+        )
+    issue.urge_count = (issue.urge_count or 0) + 1
+    issue.last_urged_at = now
+    text = (text or "").strip() or None
+    session.add(
+        IssueStep(
+            issue_id=issue.id,
+            kind="issue.urged",
+            title=f"群众催办（第 {issue.urge_count} 次）",
+            note=text,
+            occurred_at=now,
+        )
+    )
+    emit(
+        session,
+        "issue.urged",
+        {
+            "issue_id": issue.id,
+            "reporter_id": issue.reporter_id,
+            "text": text,
+            "urge_count": issue.urge_count,
+            "urged_at": now,
+            "by": principal.id,
+        },
+    )
+    return issue
+
+
+def withdraw(session: Session, principal: Principal, issue_id: uuid.UUID, reason: str) -> Issue:
+    """撤回 a report nobody has been given yet; emits ``issue.withdrawn``.
+
+    If dispatch assigned it meanwhile, dispatch keeps it (and says so): its events then bring
+    this view back to the state it holds.
     """
-    if media.uploader_id == viewer.id:
-        return True
-    if viewer.is_staff:
-        if media.issue_id is not None:
-            return True
-        roles = session.scalar(sa.select(User.roles).where(User.id == media.uploader_id)) or []
-        return bool(STAFF_ROLES.intersection(roles))
-    if media.issue_id is None:
-        return False
-    reporter = session.scalar(sa.select(Issue.reporter_id).where(Issue.id == media.issue_id))
-    return reporter == viewer.id
+    issue = _followed_issue(session, principal, issue_id)
+    if issue.status != "reported":
+        raise Conflict(
+            "该事项已交办或已有处理结果，不能撤回；如有新情况，请补充说明。",
+            code="not_withdrawable",
+            details={"status": issue.status},
+        )
+    now = utcnow()
+    reason = reason.strip()
+    issue.status = "withdrawn"
+    session.add(
+        IssueStep(
+            issue_id=issue.id,
+            kind="issue.withdrawn",
+            title="群众已撤回诉求",
+            note=reason,
+            occurred_at=now,
+        )
+    )
+    emit(
+        session,
+        "issue.withdrawn",
+        {
+            "issue_id": issue.id,
+            "reporter_id": issue.reporter_id,
+            "text": reason,
+            "withdrawn_at": now,
+            "by": principal.id,
+        },
+    )
+    return issue
+
+
+# --- the resident's contact phone (for callbacks) -----------------------------------------------
+
+
+def my_phone(session: Session, principal: Principal) -> User:
+    user = session.get(User, principal.id)
+    if user is None:
+        raise NotFound("未找到该账号。")
+    return user
+
+
+def confirm_contact_phone(
+    db: Database,
+    wechat_phone: Any,
+    principal: Principal,
+    *,
+    code: str | None = None,
+    phone: str | None = None,
+) -> User:
+    """The caller's contact phone from WeChat's ``getPhoneNumber`` code (asked before any
+    transaction opens), or as typed in and confirmed."""
+    source = "typed"
+    if code:
+        phone, source = wechat_phone.phone_number(code), "wechat"
+    with db.transaction() as session:
+        return set_contact_phone(session, principal, phone or "", source=source)
+
+
+def set_contact_phone(session: Session, principal: Principal, phone: str, *, source: str) -> User:
+    """Keep the caller's contact phone (typed in and confirmed, or confirmed by WeChat); later
+    reports carry it to dispatch, where only supervisors see it, for a phone callback."""
+    number = domain.mobile_number(phone)
+    if number is None:
+        raise Invalid(details={"phone": ["请填写正确的 11 位手机号码。"]})
+    user = session.get(User, principal.id, with_for_update=True)
+    if user is None:
+        raise NotFound("未找到该账号。")
+    user.contact_phone = number
+    user.contact_phone_source = source
+    user.contact_phone_confirmed_at = utcnow()
+    return user

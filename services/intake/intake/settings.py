@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.settings import ServiceSettings, var_dir
 
@@ -15,7 +15,9 @@ class IntakeSettings(ServiceSettings):
     port: int = 8001
 
     jwt_private_key_file: Path | None = None
-    access_token_ttl_seconds: int = Field(7200, ge=60, le=7 * 86400)
+    # Short-lived: a refresh token (rotating, revocable) keeps a resident signed in for weeks.
+    access_token_ttl_seconds: int = Field(900, ge=60, le=7 * 86400)
+    refresh_token_ttl_days: float = Field(30.0, gt=0, le=365)
 
     wechat_mode: Literal["dev", "real"] = "real"
     wechat_api_base: str = "https://api.weixin.qq.com"
@@ -27,12 +29,19 @@ class IntakeSettings(ServiceSettings):
     demo_data: bool = False
 
     password_min_length: int = Field(8, ge=6, le=128)
+    # Failed staff logins are counted per (username, client address): after LOGIN_MAX_FAILURES
+    # that address waits LOGIN_DELAY_SECONDS, doubling with each further failure up to the
+    # maximum; the right password from another address still signs in.
     login_max_failures: int = Field(5, ge=1, le=100)
-    login_lockout_minutes: int = Field(15, ge=1, le=24 * 60)
+    login_delay_seconds: int = Field(30, ge=1, le=24 * 3600)
+    login_delay_max_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
     rate_limit_login: str = "10 per minute"
     rate_limit_login_ip: str = "60 per minute"
+    rate_limit_wechat_login_ip: str = "60 per minute"
     rate_limit_reports: str = "20 per hour"
     rate_limit_uploads: str = "60 per hour"
+    # 催办: a reporter urges one report at most once in this many hours.
+    urge_interval_hours: float = Field(12.0, gt=0, le=24 * 30)
     redis_url: str | None = None
 
     media_dir: Path | None = None
@@ -46,6 +55,21 @@ class IntakeSettings(ServiceSettings):
     ticket_prefix: str = Field("SKJ", pattern=r"^[A-Z]{2,6}$")
     open311_api_keys: str = ""
     open311_jurisdiction_id: str = "shakouji.weixian.hebei.cn"
+    # What Open311 shows without an api_key: reports of these categories only (not neighbour
+    # disputes nor care of the elderly), coordinates rounded to this many decimals (2: ~1 km),
+    # and no free text. A key from OPEN311_API_KEYS reads every category in full.
+    open311_public_categories: str = "admin_affairs,road_traffic,water_power,other"
+    open311_coordinate_decimals: int = Field(2, ge=0, le=6)
+
+    @field_validator("open311_public_categories")
+    @classmethod
+    def _known_categories(cls, value: str) -> str:
+        from intake.domain import CATEGORIES
+
+        unknown = [c for c in _codes(value) if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
+        return value
 
     @model_validator(mode="after")
     def _no_dev_login_in_production(self) -> IntakeSettings:
@@ -66,6 +90,10 @@ class IntakeSettings(ServiceSettings):
         return self.media_dir or var_dir() / "media"
 
     @property
+    def open311_public_category_set(self) -> frozenset[str]:
+        return frozenset(_codes(self.open311_public_categories))
+
+    @property
     def open311_keys(self) -> dict[str, str]:
         """``name:key,name2:key2`` (or bare keys) into {key: client name}."""
         keys: dict[str, str] = {}
@@ -73,3 +101,8 @@ class IntakeSettings(ServiceSettings):
             name, _, key = item.rpartition(":")
             keys[key] = name or "open311"
         return keys
+
+
+def _codes(value: str) -> list[str]:
+    """``a, b,c`` into ``["a", "b", "c"]``."""
+    return [part.strip() for part in value.split(",") if part.strip()]

@@ -204,9 +204,12 @@ def test_a_request_without_a_location_is_400(db, village, post_report, outbox_ro
 
 def test_an_address_string_is_location_enough(client, db, village, created_ticket):
     ticket = created_ticket(lat="", long="", address_string="沙口集村东大街12号")
-    [shown] = client.get(f"{BASE}/requests/{ticket}.json").get_json()
+    [shown] = client.get(f"{BASE}/requests/{ticket}.json?api_key={API_KEY}").get_json()
     assert shown["address"] == "沙口集村东大街12号"
     assert shown["lat"] is None and shown["long"] is None
+    [public] = client.get(f"{BASE}/requests/{ticket}.json").get_json()
+    assert public["address"] == village.name  # the public sees the village, not the house
+    assert public["lat"] is None and public["long"] is None
 
 
 def test_a_missing_service_code_is_400_and_an_unknown_one_404(
@@ -290,7 +293,8 @@ def test_a_resolved_issue_shows_closed_with_its_resolution_note(
     client, db, village, created_ticket
 ):
     ticket = created_ticket()
-    [shown] = client.get(f"{BASE}/requests/{ticket}.json").get_json()
+    keyed = f"?api_key={API_KEY}"  # the notes are free text: clients with a key only
+    [shown] = client.get(f"{BASE}/requests/{ticket}.json{keyed}").get_json()
     assert shown["status"] == "open" and shown["status_notes"] is None
     resolved_at = utcnow()
     due_at = resolved_at + timedelta(days=2)
@@ -303,7 +307,7 @@ def test_a_resolved_issue_shows_closed_with_its_resolution_note(
         resolution_note="已更换水管，恢复供水。",
         level="township",
     )
-    [shown] = client.get(f"{BASE}/requests/{ticket}.json").get_json()
+    [shown] = client.get(f"{BASE}/requests/{ticket}.json{keyed}").get_json()
     assert shown["status"] == "closed"
     assert shown["status_notes"] == "已更换水管，恢复供水。"
     assert shown["agency_responsible"] == "沙口集乡人民政府"
@@ -313,9 +317,11 @@ def test_a_resolved_issue_shows_closed_with_its_resolution_note(
     )
 
     change_issue(db, ticket, status="rejected", reject_reason="重复上报。")
-    root = parse_xml(client.get(f"{BASE}/requests/{ticket}.xml"))
+    root = parse_xml(client.get(f"{BASE}/requests/{ticket}.xml{keyed}"))
     assert root.findtext("request/status") == "closed"
     assert root.findtext("request/status_notes") == "重复上报。"
+    [public] = client.get(f"{BASE}/requests/{ticket}.json").get_json()
+    assert public["status"] == "closed" and public["status_notes"] is None
 
 
 def test_times_carry_the_shanghai_offset(client, db, village, created_ticket):
@@ -364,6 +370,8 @@ def test_output_never_shows_who_reported_or_how_to_reach_them(
         f"{BASE}/requests.xml",
         f"{BASE}/requests/{ticket}.json",
         f"{BASE}/requests/{ticket}.xml",
+        f"{BASE}/requests.json?api_key={API_KEY}",  # not even to a client with a key
+        f"{BASE}/requests/{ticket}.xml?api_key={API_KEY}",
     ):
         body = client.get(url).get_data(as_text=True)
         assert ticket in body
@@ -409,7 +417,7 @@ def test_unknown_paths_and_methods_under_open311_answer_in_open311_format(client
 def test_xml_escapes_what_clients_send(client, created_ticket):
     text = "水管<破裂> & 漏水\x0b，请尽快处理 ]]>"
     ticket = created_ticket(description=text, address_string="东大街 <12> & 13号")
-    root = parse_xml(client.get(f"{BASE}/requests/{ticket}.xml"))
+    root = parse_xml(client.get(f"{BASE}/requests/{ticket}.xml?api_key={API_KEY}"))
     assert root.findtext("request/description") == text.replace("\x0b", "")
     assert root.findtext("request/address") == "东大街 <12> & 13号"
 

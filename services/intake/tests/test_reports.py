@@ -143,16 +143,24 @@ def test_bad_reports_get_clear_4xx_errors_and_store_nothing(
     assert outbox_rows() == []
 
 
-def test_reporting_needs_a_signed_in_resident(client, village, make_user):
+def test_reporting_needs_a_signed_in_resident_or_staff_reporting_for_one(
+    client, village, make_user
+):
     assert client.post("/api/v1/issues", json=_report()).status_code == 401
+    _, supervisor = make_user(roles=["supervisor"])
+    assert client.post("/api/v1/issues", json=_report(), headers=supervisor).status_code == 403
+    # A grid worker reports only for a resident (代办): without one it is a clear 422.
     _, staff = make_user(roles=["grid_worker"])
-    assert client.post("/api/v1/issues", json=_report(), headers=staff).status_code == 403
+    refused = client.post("/api/v1/issues", json=_report(), headers=staff)
+    assert refused.status_code == 422
+    assert refused.json["error"]["code"] == "on_behalf_of_required"
 
 
 def test_another_resident_gets_404_and_staff_may_read_the_issue(client, village, make_user):
     _, alice = make_user()
     _, bob = make_user(name="李四")
-    _, worker = make_user(roles=["grid_worker"], name="王网格")
+    # A grid worker of the report's village (who reads which report: test_report_scopes.py).
+    _, worker = make_user(roles=["grid_worker"], name="王网格", village_id=VILLAGE_ID)
     issue_id = client.post("/api/v1/issues", json=_report(), headers=alice).json["id"]
     assert client.get(f"/api/v1/issues/{issue_id}", headers=bob).status_code == 404
     assert client.get(f"/api/v1/issues/{issue_id}", headers=worker).status_code == 200
@@ -212,7 +220,7 @@ def test_photos_attach_only_when_the_reporter_uploaded_them(
 def test_photos_are_served_to_the_uploader_and_to_staff_once_reported(client, village, make_user):
     _, alice = make_user()
     _, bob = make_user(name="李四")
-    _, worker = make_user(roles=["grid_worker"], name="王网格")
+    _, worker = make_user(roles=["grid_worker"], name="王网格", village_id=VILLAGE_ID)
     photo = client.post(
         "/api/v1/media",
         data={"file": (io.BytesIO(_jpeg()), "p.jpg")},
