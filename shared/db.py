@@ -89,6 +89,54 @@ def plumbing_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
     return outbox, processed
 
 
+def create_plumbing_tables(op) -> None:
+    """Alembic steps of a service's first migration for ``outbox`` and ``processed_events`` as
+    they were first shipped (later shapes come from ``upgrade_plumbing_0002``). A new service's
+    first migration calls both, so its tables match ``plumbing_tables``::
+
+        shared.db.create_plumbing_tables(op)
+        shared.db.upgrade_plumbing_0002(op)
+    """
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("event_type", sa.String(length=80), nullable=False),
+        sa.Column("envelope", sa.JSON(), nullable=False),
+        sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", UTCDateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_outbox_pending",
+            ["created_at"],
+            unique=False,
+            postgresql_where=sa.text("sent_at IS NULL"),
+            sqlite_where=sa.text("sent_at IS NULL"),
+        )
+    op.create_table(
+        "processed_events",
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("handler", sa.String(length=120), nullable=False),
+        sa.Column("event_type", sa.String(length=80), nullable=False),
+        sa.Column("processed_at", UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("event_id", "handler"),
+    )
+
+
+def drop_plumbing_tables(op) -> None:
+    op.drop_table("processed_events")
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.drop_index(
+            "ix_outbox_pending",
+            postgresql_where=sa.text("sent_at IS NULL"),
+            sqlite_where=sa.text("sent_at IS NULL"),
+        )
+    op.drop_table("outbox")
+
+
 def upgrade_plumbing_0002(op) -> None:
     """Alembic steps every service runs in its migration 0002: unroutable retry time on the
     outbox and the indexes the retention purge uses (``shared.relay.purge_retained``)."""

@@ -15,53 +15,28 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from shared import contract
 from shared.clock import SHANGHAI
+from shared.contract import (  # noqa: F401 - the contract's words, used here and re-exported
+    CATEGORIES,
+    DONE_STATES,
+    LEVEL_LABELS,
+    LEVELS,
+    OPEN_STATES,
+    RATINGS,
+    SATISFIED_RATINGS,
+    WORKING_STATES,
+)
 from shared.errors import Conflict, Forbidden, Invalid
 
-CATEGORIES: dict[str, str] = {
-    "admin_affairs": "群众办事",
-    "road_traffic": "道路交通",
-    "neighbor_dispute": "邻里纠纷",
-    "medical_elderly": "医疗养老",
-    "water_power": "用水用电",
-    "other": "其他",
-}
-
-STATES: dict[str, str] = {
-    "reported": "待交办",
-    "assigned": "已交办",
-    "in_progress": "办理中",
-    "resolved": "已办结",
-    "reopened": "重新办理",
-    "closed": "已关闭",
-    "rejected": "不予受理",
-    "withdrawn": "已撤回",
-}
-
-LEVELS: tuple[str, ...] = ("grid", "township", "area_leader", "county")
-LEVEL_LABELS: dict[str, str] = {
-    "grid": "网格",
-    "township": "乡镇",
-    "area_leader": "包片领导",
-    "county": "县级部门",
-}
-
-RATINGS: dict[str, str] = {
-    "satisfied": "满意",
-    "basically_satisfied": "基本满意",
-    "unsatisfied": "不满意",
-}
+# The admin's screens say 待交办 where the resident reads 已受理; the codes are the contract's.
+STATES: dict[str, str] = {**contract.STATES, "reported": "待交办"}
 
 REOPEN_REASONS: dict[str, str] = {
     "unsatisfied": "群众不满意",
     "callback_failed": "回访未通过",
     "admin": "管理员重新交办",
 }
-
-OPEN_STATES: frozenset[str] = frozenset({"reported", "assigned", "in_progress", "reopened"})
-# States in which someone holds the task and a deadline runs.
-WORKING_STATES: frozenset[str] = frozenset({"assigned", "in_progress", "reopened"})
-DONE_STATES: frozenset[str] = frozenset({"resolved", "closed"})
 
 ACTIONS: dict[str, str] = {
     "report": "受理",
@@ -627,9 +602,6 @@ def completion_rate(completed: int, reports: int) -> float:
     if reports == 0:
         return 0.0
     return round(completed * 100 / reports + 1e-12, 2)
-
-
-SATISFIED_RATINGS: frozenset[str] = frozenset({"satisfied", "basically_satisfied"})
 
 
 def satisfaction_rate(satisfied: int, rated: int) -> float:

@@ -6,48 +6,24 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from shared.contract import (  # noqa: F401 - the contract words, used here and re-exported
+    CATEGORIES,
+    DONE_STATES,
+    LEVEL_LABELS,
+    OPEN_STATES,
+    RATINGS,
+    STATES,
+)
+
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-
-CATEGORIES: dict[str, str] = {
-    "admin_affairs": "群众办事",
-    "road_traffic": "道路交通",
-    "neighbor_dispute": "邻里纠纷",
-    "medical_elderly": "医疗养老",
-    "water_power": "用水用电",
-    "other": "其他",
-}
-
-STATES: dict[str, str] = {
-    "reported": "已受理",
-    "assigned": "已交办",
-    "in_progress": "办理中",
-    "resolved": "已办结",
-    "reopened": "重新办理",
-    "closed": "已关闭",
-    "rejected": "不予受理",
-    "withdrawn": "已撤回",
-}
 
 # ``GET /issues/mine?status=``: besides each state, the groups the mini-program shows.
 STATUS_GROUPS: dict[str, frozenset[str]] = {
-    "done": frozenset({"resolved", "closed"}),  # 已办结事项
-    "open": frozenset({"reported", "assigned", "in_progress", "reopened"}),
+    "done": DONE_STATES,  # 已办结事项
+    "open": OPEN_STATES,
 }
 
-LEVELS: dict[str, str] = {
-    "grid": "网格",
-    "township": "乡镇",
-    "area_leader": "包片领导",
-    "county": "县级部门",
-}
-
-RATINGS: dict[str, str] = {
-    "satisfied": "满意",
-    "basically_satisfied": "基本满意",
-    "unsatisfied": "不满意",
-}
-
-OPEN_STATES = frozenset({"reported", "assigned", "in_progress", "reopened"})
+LEVELS: dict[str, str] = LEVEL_LABELS
 
 
 # A mainland mobile number: 11 digits starting 13-19, optionally written with +86 / 86.

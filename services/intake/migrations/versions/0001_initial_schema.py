@@ -89,34 +89,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_media_issue_id"), ["issue_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_media_uploader_id"), ["uploader_id"], unique=False)
 
-    op.create_table(
-        "outbox",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("event_type", sa.String(length=80), nullable=False),
-        sa.Column("envelope", sa.JSON(), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("sent_at", shared.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("last_error", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_outbox_pending",
-            ["created_at"],
-            unique=False,
-            postgresql_where=sa.text("sent_at IS NULL"),
-            sqlite_where=sa.text("sent_at IS NULL"),
-        )
-
-    op.create_table(
-        "processed_events",
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("handler", sa.String(length=120), nullable=False),
-        sa.Column("event_type", sa.String(length=80), nullable=False),
-        sa.Column("processed_at", shared.db.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("event_id", "handler"),
-    )
+    shared.db.create_plumbing_tables(op)
     op.create_table(
         "ticket_counters",
         sa.Column("day", sa.String(length=8), nullable=False),
@@ -192,15 +165,7 @@ def downgrade() -> None:
     op.drop_table("villages")
     op.drop_table("users")
     op.drop_table("ticket_counters")
-    op.drop_table("processed_events")
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.drop_index(
-            "ix_outbox_pending",
-            postgresql_where=sa.text("sent_at IS NULL"),
-            sqlite_where=sa.text("sent_at IS NULL"),
-        )
-
-    op.drop_table("outbox")
+    shared.db.drop_plumbing_tables(op)
     with op.batch_alter_table("media", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_media_uploader_id"))
         batch_op.drop_index(batch_op.f("ix_media_issue_id"))
