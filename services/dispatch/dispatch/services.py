@@ -495,6 +495,19 @@ def assign(
     issue.assigned_by = actor.id
     step.details["assignee_name"] = assignee.name
     record(session, issue, step, actor, now)
+    _emit_assigned(session, issue, step, actor, assignee_name=assignee.name)
+    return issue
+
+
+def _emit_assigned(
+    session: Session,
+    issue: Issue,
+    step: domain.Step,
+    actor: Principal,
+    *,
+    assignee_name: str | None = None,
+    department: Department | None = None,
+) -> None:
     emit_issue(
         session,
         issue,
@@ -502,7 +515,7 @@ def assign(
         {
             "issue_id": issue.id,
             "assignee_id": issue.assignee_id,
-            "assignee_name": assignee.name,
+            "assignee_name": assignee_name,
             "grid_id": issue.grid_id,
             "village_id": issue.village_id,
             "grid_leader_id": issue.grid_leader_id,
@@ -510,11 +523,10 @@ def assign(
             "due_at": issue.due_at,
             "assigned_by": actor.id,
             "reassigned": step.action == "reassign",
-            "department_id": None,
-            "department_name": None,
+            "department_id": department.id if department else None,
+            "department_name": department.name if department else None,
         },
     )
-    return issue
 
 
 def _township_department(session: Session, department_id: uuid.UUID | None) -> Department:
@@ -567,25 +579,7 @@ def _assign_to_department(
     issue.assigned_by = actor.id
     step.details["department_name"] = department.name
     record(session, issue, step, actor, now)
-    emit_issue(
-        session,
-        issue,
-        "issue.assigned",
-        {
-            "issue_id": issue.id,
-            "assignee_id": None,
-            "assignee_name": None,
-            "grid_id": issue.grid_id,
-            "village_id": issue.village_id,
-            "grid_leader_id": issue.grid_leader_id,
-            "difficulty": issue.difficulty,
-            "due_at": issue.due_at,
-            "assigned_by": actor.id,
-            "reassigned": step.action == "reassign",
-            "department_id": department.id,
-            "department_name": department.name,
-        },
-    )
+    _emit_assigned(session, issue, step, actor, department=department)
     return issue
 
 
