@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo township (deploy/demo/township.yaml: 26 villages, 40 grid leaders, 167 grid workers,
 # area leaders, supervisors, county departments), loaded over HTTP once intake and dispatch
-# answer. Run by honcho beside the services under `make run` / `make up`; idempotent.
-# Honcho stops every process when one exits, so after loading this one stays asleep.
+# answer; then a few dozen resolved and rated demo reports (deploy/demo/load_resolved.py), so
+# that scoring's leaderboard has points. Run by honcho beside the services under `make run` /
+# `make up`; idempotent. Honcho stops every process when one exits, so after loading this one stays asleep.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -11,6 +12,14 @@ if [[ "${DEMO_DATA:-false}" == "true" && "${APP_ENV:-development}" != "productio
   if "$root/.venv/bin/python" deploy/demo/load_township.py --wait 180 \
       --password "$DEMO_PASSWORD" --admin-password "$DEMO_PASSWORD"; then
     echo "演示乡镇已载入 / demo township loaded"
+    # Resolved and rated demo reports, through the real APIs: scoring's board gets its points
+    # from dispatch's events (needs WECHAT_MODE=dev, which make run / make up set).
+    if "$root/.venv/bin/python" deploy/demo/load_resolved.py --password "$DEMO_PASSWORD" \
+        --admin-password "$DEMO_PASSWORD"; then
+      echo "演示办结事项已载入 / resolved demo reports loaded"
+    else
+      echo "演示办结事项载入失败，见上文 / resolved demo reports NOT loaded (see above)"
+    fi
   else
     echo "演示乡镇载入失败，见上文 / demo township NOT loaded (see above); the services keep running"
   fi

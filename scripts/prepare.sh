@@ -25,3 +25,11 @@ for svc in ${SERVICES:?set SERVICES, e.g. SERVICES=intake}; do
     scripts/service "$svc" seed-demo
   fi
 done
+# A service added after the accounts were made (scoring, on a var/ from before it) learns them
+# only from account.upserted: outside production, intake announces every account again. A
+# consumer that holds an account's revision already ignores it.
+if [[ "${APP_ENV:-development}" != "production" && "${DEMO_DATA:-false}" == "true" ]] \
+    && [[ " $SERVICES " == *" intake "* ]]; then
+  echo "== intake: announce-accounts"
+  scripts/service intake announce-accounts
+fi

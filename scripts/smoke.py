@@ -2,7 +2,9 @@
 
 Logs in as two residents (dev WeChat mode), uploads a photo, reports twice with one
 Idempotency-Key, reads the report back, checks another resident gets 404, sends bad input, and
-reads the ``issue.reported`` envelope from a queue bound to the exchange. Exits 1 on any failure.
+reads the ``issue.reported`` envelope from a queue bound to the exchange; then dispatch and
+scoring answer ``/readyz`` and scoring's leaderboard of this month is read with the resident's
+token (and refused without one). Exits 1 on any failure.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import sys
 import time
 import uuid
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pika
 import requests
@@ -41,6 +45,8 @@ def jpeg() -> bytes:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--intake", default="http://127.0.0.1:8001")
+    parser.add_argument("--dispatch", default="http://127.0.0.1:8002")
+    parser.add_argument("--scoring", default="http://127.0.0.1:8003")
     parser.add_argument("--amqp", default="amqp://guest:guest@localhost:5672/%2F")
     parser.add_argument("--exchange", default="service365.events")
     args = parser.parse_args()
@@ -142,6 +148,24 @@ def main() -> int:
     if envelope:
         print(json.dumps(envelope, ensure_ascii=False, indent=2))
     connection.close()
+
+    for name, url in (("dispatch", args.dispatch), ("scoring", args.scoring)):
+        try:
+            ready = requests.get(f"{url.rstrip('/')}/readyz", timeout=10).status_code
+        except requests.RequestException as exc:
+            ready = type(exc).__name__
+        check(ready == 200, f"{name} /readyz -> {ready}")
+    scoring = args.scoring.rstrip("/")
+    month = datetime.now(ZoneInfo("Asia/Shanghai")).strftime("month:%Y-%m")
+    board = requests.get(
+        f"{scoring}/api/v1/leaderboard", params={"period": month}, headers=alice, timeout=10
+    )
+    rows = board.json().get("items", []) if board.ok else []
+    check(board.status_code == 200, f"leaderboard {month} for a resident -> {board.status_code}")
+    print(f"     {len(rows)} on this month's board (demo data: make run / make up load some)")
+    check("phone" not in board.text, "the leaderboard shows no phone")
+    nobody = requests.get(f"{scoring}/api/v1/leaderboard", params={"period": month}, timeout=10)
+    check(nobody.status_code == 401, f"leaderboard without a token -> {nobody.status_code}")
     failed = [what for ok, what in results if not ok]
     print(f"\n{len(results) - len(failed)}/{len(results)} checks passed")
     return 1 if failed else 0

@@ -1,4 +1,5 @@
-"""Every route of intake and dispatch, called by every role and by nobody, against the table below.
+"""Every route of intake, dispatch and scoring, called by every role and by nobody, against the
+tables below.
 
 The table is the access policy in one place (DESIGN.md's roles): for each route, the roles that
 pass its gate, or ``PUBLIC`` for routes anyone may call without a token. A role outside the set
@@ -23,6 +24,8 @@ from dispatch.app import create_app as create_dispatch
 from dispatch.settings import DispatchSettings
 from intake.app import create_app as create_intake
 from intake.settings import IntakeSettings
+from scoring.app import create_app as create_scoring
+from scoring.settings import ScoringSettings
 from shared.auth import ROLES
 
 PUBLIC = frozenset({"*"})
@@ -113,6 +116,24 @@ DISPATCH: dict[tuple[str, str], frozenset[str]] = {
     ("PATCH", "/api/v1/villages/<uuid:village_id>"): ADMIN,
 }
 
+# Scoring: the board is public in the mini-program (any signed-in user); a person's own points
+# are the caller's; a worker's points their grid leader, area leader and admins (scoped inside:
+# a grid or area leader gets 404 for a worker outside their reach); the rules and KPIs the
+# staff who are scored or who assess; rule changes and the assessment table admins.
+SCORING_STAFF = frozenset({"admin", "supervisor", "area_leader", "grid_leader", "grid_worker"})
+SCORING: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/api/v1/assessment"): ADMIN,
+    ("GET", "/api/v1/kpis"): SCORING_STAFF,
+    ("GET", "/api/v1/leaderboard"): EVERYONE,
+    ("GET", "/api/v1/points/mine"): EVERYONE,
+    ("GET", "/api/v1/rules"): SCORING_STAFF,
+    ("PUT", "/api/v1/rules/<string:code>"): ADMIN,
+    # A grid worker passes the gate for their own points only (else 404 inside).
+    ("GET", "/api/v1/workers/<uuid:worker_id>/points"): frozenset(
+        {"admin", "area_leader", "grid_leader", "grid_worker"}
+    ),
+}
+
 
 def _rules(app: Flask) -> Iterator[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
@@ -201,6 +222,27 @@ def dispatch_app(migrated_database, rabbit_server, jwt_keys, people) -> Flask:
     app.extensions["db"].dispose()
 
 
+@pytest.fixture(scope="module")
+def scoring_app(migrated_database, rabbit_server, jwt_keys, people) -> Flask:
+    from scoring.models import Person
+
+    app = create_scoring(
+        ScoringSettings(
+            app_env="test",
+            database_url=migrated_database("scoring", prefix="scoring_authz"),
+            rabbitmq_url=rabbit_server.create_vhost("authz"),
+            jwt_public_key_file=jwt_keys[1],
+            log_format="text",
+        )
+    )
+    # scoring knows people from account.upserted and checks each token against what it holds.
+    with app.extensions["db"].transaction() as session:
+        for role, (user_id, _headers) in people.items():
+            session.add(Person(id=user_id, name=f"{role}测试", roles=[role], active=True))
+    yield app
+    app.extensions["db"].dispose()
+
+
 def _check(app: Flask, table: dict, people: dict) -> None:
     routes = set(_rules(app))
     assert routes - set(table) == set(), "routes missing from the table (add them with roles)"
@@ -231,6 +273,10 @@ def test_every_intake_route_lets_in_exactly_the_roles_of_the_table(intake_app, p
 
 def test_every_dispatch_route_lets_in_exactly_the_roles_of_the_table(dispatch_app, people):
     _check(dispatch_app, DISPATCH, people)
+
+
+def test_every_scoring_route_lets_in_exactly_the_roles_of_the_table(scoring_app, people):
+    _check(scoring_app, SCORING, people)
 
 
 def observed(app: Flask, people: dict) -> dict[tuple[str, str], frozenset[str]]:

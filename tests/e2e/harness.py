@@ -6,9 +6,9 @@ Prometheus multiprocess folder, logs) and a free port; all of them share one fre
 Each process is the real command line (``python -m <service> web|worker|scheduler``) in a session
 of its own, so that killing it takes its gunicorn workers too and nothing outlives the test.
 
-Adding a service (scoring, feed, notify) is one line in ``SERVICES``::
+Adding a service (feed, notify) is one line in ``SERVICES``::
 
-    ServiceSpec("scoring"),                                   # web + worker
+    ServiceSpec("feed"),                                      # web + worker
     ServiceSpec("dispatch", processes=("web", "worker", "scheduler"), env={...}),
 
 Example::
@@ -83,6 +83,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         processes=("web", "worker", "scheduler"),
         env={"SCHEDULER_INTERVAL_SECONDS": "1"},
     ),
+    # Web + worker; its worker consumes scoring.events (accounts, villages, the issue steps).
+    ServiceSpec("scoring"),
 )
 
 
@@ -202,7 +204,7 @@ class Harness:
                 "JWT_PRIVATE_KEY_FILE": str(self.private_key),
                 "LOG_FORMAT": "text",
                 "LOG_LEVEL": "INFO",
-                # One gunicorn worker per web: seven processes share two cores here, and start-up
+                # One gunicorn worker per web: nine processes share two cores here, and start-up
                 # is most of an e2e test's time (several workers: shared/tests/test_metrics_*).
                 "WEB_CONCURRENCY": "1",
                 "GUNICORN_GRACEFUL_TIMEOUT": "5",
@@ -512,6 +514,9 @@ class Township:
 
     def dispatch(self, api: Api) -> Api:
         return api.on(self.harness.url("dispatch"))
+
+    def scoring(self, api: Api) -> Api:
+        return api.on(self.harness.url("scoring"))
 
     def resident(self, code: str) -> Api:
         return resident_login(self.harness.url("intake"), code)

@@ -1,9 +1,10 @@
-"""A real journey across intake and dispatch, over HTTP only, with every process running.
+"""A real journey across intake, dispatch and scoring, over HTTP only, with every process running.
 
 A resident reports with a photo; the admin assigns it; the grid worker starts and resolves it;
 the resident is unsatisfied, so it is reopened with the village's area leader following; the
 worker resolves it again; the resident is satisfied and it closes in both services. The
-resident's timeline in intake and dispatch's history then tell the same story, step by step.
+resident's timeline in intake and dispatch's history then tell the same story, step by step,
+and the worker's points for it stand on this month's leaderboard in scoring.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 
 from PIL import Image
 
+from shared.clock import SHANGHAI
 from shared.testing import wait_for
 from tests.e2e.harness import Api, Township
 
@@ -42,6 +44,17 @@ DISPATCH_STEP = {
 JOURNEY = ["report", "assign", "start", "resolve", "reopen", "start", "resolve", "close"]
 
 TIMEOUT = 20
+
+# The worker's points for the journey by scoring's default rules (issue 8), difficulty 3:
+# resolved on time +3; rated unsatisfied -1, and the reopen claws back that resolution's +3;
+# resolved on time again (against the reopen's deadline) +3; rated satisfied +1.
+DIFFICULTY = 3
+JOURNEY_POINTS = DIFFICULTY - 1 - DIFFICULTY + DIFFICULTY + 1
+
+
+def this_month() -> str:
+    """The leaderboard period of now: the month in Asia/Shanghai."""
+    return datetime.now(SHANGHAI).strftime("month:%Y-%m")
 
 
 def jpeg() -> bytes:
@@ -87,6 +100,7 @@ def test_a_report_travels_from_resident_to_worker_and_back_until_the_resident_is
     worker_id, leader_id = township.worker.user["id"], township.grid_leader.user["id"]
     area_leader_id = township.area_leader.user["id"]
     resident = township.resident("e2e-resident-journey")
+    month_at_start = this_month()
 
     # The resident uploads a photo, then reports with it.
     photo = resident.post(
@@ -121,13 +135,13 @@ def test_a_report_travels_from_resident_to_worker_and_back_until_the_resident_is
     # Assigned to the grid worker: difficulty 3, due in 24 hours.
     assigned = admin.post(
         f"/api/v1/issues/{issue_id}/assign",
-        {"assignee_id": worker_id, "difficulty": 3, "due_in_hours": 24},
+        {"assignee_id": worker_id, "difficulty": DIFFICULTY, "due_in_hours": 24},
     )
     assert assigned["state"] == "assigned"
     assert assigned["assignee_id"] == worker_id
     assert assigned["grid_id"] == township.grid_id
     assert assigned["grid_leader_id"] == leader_id
-    assert assigned["difficulty"] == 3
+    assert assigned["difficulty"] == DIFFICULTY
     due = datetime.fromisoformat(assigned["due_at"]) - datetime.fromisoformat(
         assigned["assigned_at"]
     )
@@ -210,3 +224,22 @@ def test_a_report_travels_from_resident_to_worker_and_back_until_the_resident_is
         "closed",
     ]
     assert history[-1]["details"]["rating"] == "satisfied"
+
+    # scoring: the worker's points stand on this month's board, which the resident may read.
+    board = township.scoring(resident)
+    # The steps above happened in one month unless the test ran across midnight at a month's
+    # end (Asia/Shanghai): then they count in two months, and only the all-time board has them all.
+    period = month_at_start if this_month() == month_at_start else "all"
+
+    def worker_on_board():
+        rows = board.get("/api/v1/leaderboard", params={"period": period})["items"]
+        row = next((r for r in rows if r["id"] == worker_id), None)
+        return row if row is not None and row["points"] == JOURNEY_POINTS else None
+
+    try:
+        row = wait_for(worker_on_board, timeout=TIMEOUT)
+    except AssertionError as late:
+        rows = board.get("/api/v1/leaderboard", params={"period": period})["items"]
+        raise AssertionError(f"{JOURNEY_POINTS} points wanted for {worker_id}: {rows}") from late
+    assert row["name"] == "王建国"
+    assert row["rank"] == 1
