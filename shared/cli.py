@@ -117,12 +117,18 @@ def _worker(
     settings: ServiceSettings,
     make_database: Callable[[Any], Any],
     subscriptions: Callable[[], Mapping] | None,
+    jobs: Callable[[Any], Sequence] | None = None,
 ) -> int:
     from shared.logging import configure_logging
     from shared.worker import run_worker
 
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    run_worker(settings, make_database(settings), subscriptions() if subscriptions else None)
+    run_worker(
+        settings,
+        make_database(settings),
+        subscriptions() if subscriptions else None,
+        jobs=jobs(settings) if jobs else (),
+    )
     return 0
 
 
@@ -208,6 +214,7 @@ def main(
     make_database: Callable[[Any], Any],
     subscriptions: Callable[[], Mapping] | None = None,
     commands: Mapping[str, Command] = {},
+    jobs: Callable[[Any], Sequence] | None = None,
     argv: Sequence[str] | None = None,
 ) -> None:
     """Run one command of ``service`` and exit with its code; bad settings exit 2 in one line."""
@@ -219,7 +226,7 @@ def main(
     elif args.command == "web":
         code = _web(service, settings, create_app_path)
     elif args.command == "worker":
-        code = _worker(settings, make_database, subscriptions)
+        code = _worker(settings, make_database, subscriptions, jobs)
     elif args.command == "declare":
         code = _declare(settings, make_database, subscriptions)
     elif args.command == "replay-dlq":

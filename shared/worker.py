@@ -22,16 +22,50 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared import retention
 from shared.consumer import Consumer, Handler
 from shared.db import Database
-from shared.relay import OutboxRelay, describe_broker
+from shared.relay import OutageLog, OutboxRelay, describe_broker
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("shared.worker")
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    """Work a service's worker does on a timer (e.g. scoring's monthly 红黑榜).
+
+    ``run(db)`` must be idempotent: it runs at start and then every ``every_seconds``, and
+    several worker copies may run it at once.
+    """
+
+    name: str
+    every_seconds: float
+    run: Callable[[Database], object]
+
+
+def _run_periodically(job: PeriodicJob, db: Database, stop: threading.Event, service: str) -> None:
+    """Run ``job`` until ``stop``; a database outage backs off, a bug is logged and retried."""
+    outage = OutageLog(log, f"{service} {job.name}: database", initial=5.0, maximum=300.0)
+    while not stop.is_set():
+        try:
+            job.run(db)
+        except SQLAlchemyError as exc:
+            stop.wait(outage.failed(exc))
+            continue
+        except Exception:  # a bug must not end the job for good; it is logged in full
+            log.exception(
+                "%s %s failed; trying again in %.0fs", service, job.name, job.every_seconds
+            )
+        else:
+            outage.recovered()
+        stop.wait(job.every_seconds)
 
 
 def consumer_for(
@@ -89,6 +123,7 @@ def run_worker(
     *,
     relay: bool = True,
     stop: threading.Event | None = None,
+    jobs: Sequence[PeriodicJob] = (),
 ) -> None:
     """Run the relay (thread) and the consumer (this thread) until SIGTERM/SIGINT or ``stop``.
 
@@ -130,6 +165,8 @@ def run_worker(
             service=service,
             interval_seconds=settings.retention_interval_seconds,
         )
+        for job in jobs:
+            start(f"{service}-{job.name}", _run_periodically, job, db, stop, service)
         if subscriptions:
             consumer_for(settings, db, subscriptions).run_forever(stop)
         else:

@@ -24,6 +24,20 @@ def _make_database(settings):
     return make_database(settings)
 
 
+def _jobs(settings) -> list:
+    """The worker's timers: last month's 红黑榜 once the month is over (if switched on)."""
+    from scoring import boards
+    from shared.worker import PeriodicJob
+
+    def publish(db) -> None:
+        with db.transaction() as session:
+            boards.publish_last_month(session, settings)
+
+    if not settings.publish_board_monthly:
+        return []
+    return [PeriodicJob("publish-board", settings.publish_board_check_seconds, publish)]
+
+
 def run() -> None:
     """Entry point; the metrics folder is chosen before anything imports prometheus_client."""
     default_environment(SERVICE)
@@ -37,6 +51,7 @@ def run() -> None:
         make_database=_make_database,
         subscriptions=_subscriptions,
         commands=COMMANDS,
+        jobs=_jobs,
     )
 
 

@@ -467,6 +467,16 @@ def already_published(session: Session, period: domain.Period) -> bool:
     return session.get(BoardPublication, period.key) is not None
 
 
+def publish_last_month(
+    session: Session, settings: ScoringSettings, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """The worker's monthly job: last month's board, unless it was published already."""
+    period = domain.current_month(now or utcnow()).previous()
+    if period is None or already_published(session, period):
+        return None
+    return publish_board(session, settings, period, by="worker")
+
+
 # --- rebuild -------------------------------------------------------------------------------------
 
 

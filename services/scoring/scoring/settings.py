@@ -21,6 +21,10 @@ class ScoringSettings(ServiceSettings):
     kpi_weight_satisfaction: int = Field(35, ge=0, le=100)
     # The monthly 红黑榜: how many workers at the top and at the bottom (BOARD_SIZE).
     board_size: int = Field(10, ge=1, le=100)
+    # The worker publishes last month's 红黑榜 once the month has ended (Asia/Shanghai),
+    # looking every PUBLISH_BOARD_CHECK_SECONDS; publishing twice is refused, so copies agree.
+    publish_board_monthly: bool = True
+    publish_board_check_seconds: float = Field(3600.0, gt=0, le=86400)
     # Leaderboard page size when the caller gives none, and the most it may ask for.
     leaderboard_default_limit: int = Field(20, ge=1, le=500)
 

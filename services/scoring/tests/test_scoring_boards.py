@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from openpyxl import load_workbook
@@ -345,6 +345,32 @@ def test_the_monthly_board_names_the_top_and_bottom_workers(db, feed, person, se
         ).scalars()
     assert published["data"]["period"] == "month:2026-11"
     assert published["data"]["top"][0]["user_id"] == str(people[3].id)
+
+
+def test_the_worker_publishes_last_months_board_once_the_month_in_shanghai_is_over(
+    db, feed, person, settings
+) -> None:
+    worker = person("grid_worker", name="员甲")
+    resolve(feed, worker.id, difficulty=3, resolved="2026-11-10T02:00:00Z")
+    table = db.metadata.tables["outbox"]
+
+    def published() -> list[str]:
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(table.c.envelope).where(table.c.event_type == "leaderboard.published")
+            ).scalars()
+            return [row["data"]["period"] for row in rows]
+
+    still_november = datetime.fromisoformat("2026-11-30T15:59:00+00:00")  # 23:59 in Shanghai
+    with db.transaction() as session:
+        boards.publish_last_month(session, settings, now=still_november)  # October's, if any
+    assert "month:2026-11" not in published()
+
+    december = datetime.fromisoformat("2026-11-30T16:05:00+00:00")  # 00:05 on 1 Dec
+    for _ in range(2):  # the worker looks every hour; the board goes out once
+        with db.transaction() as session:
+            boards.publish_last_month(session, settings, now=december)
+    assert published().count("month:2026-11") == 1
 
 
 def test_rebuild_finds_and_repairs_a_total_that_drifted_from_the_ledger(db, feed, person) -> None:
