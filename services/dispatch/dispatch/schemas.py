@@ -11,6 +11,7 @@ from dispatch.models import DEPARTMENT_KINDS
 from dispatch.services import LEDGER_STATUSES
 from shared.auth import STAFF_ROLES
 from shared.clock import SHANGHAI, LocalDateTime, utcnow
+from shared.fields import Text
 
 UUIDS = fields.List(fields.UUID(), load_default=list, validate=validate.Length(max=9))
 
@@ -57,7 +58,7 @@ class AssignIn(VersionIn):
 
 
 class ReasonIn(VersionIn):
-    reason = fields.String(required=True, validate=validate.Length(min=2, max=1000))
+    reason = Text(required=True, validate=validate.Length(min=2, max=1000))
 
 
 class RejectIn(ReasonIn):
@@ -66,26 +67,26 @@ class RejectIn(ReasonIn):
 
 
 class ReopenIn(_In):
-    reason = fields.String(required=True, validate=validate.Length(min=2, max=1000))
+    reason = Text(required=True, validate=validate.Length(min=2, max=1000))
     due_in_hours = fields.Float(
         load_default=None, allow_none=True, validate=validate.Range(min=0.5, max=24 * 90)
     )
 
 
 class NoteIn(_In):
-    text = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    text = Text(required=True, validate=validate.Length(min=1, max=2000))
     media_ids = UUIDS
     meeting_called = fields.Boolean(load_default=False)
 
 
 class ResolveIn(VersionIn):
-    note = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    note = Text(required=True, validate=validate.Length(min=1, max=2000))
     media_ids = UUIDS
 
 
 class EscalateIn(VersionIn):
     to_level = fields.String(required=True, validate=validate.OneOf(LEVELS))
-    reason = fields.String(required=True, validate=validate.Length(min=2, max=1000))
+    reason = Text(required=True, validate=validate.Length(min=2, max=1000))
     # county: the county department (required); township: a township department (optional,
     # admins only; none: the township admins hold it).
     department = fields.UUID(load_default=None, allow_none=True)
@@ -97,7 +98,7 @@ class CallbackIn(_In):
     lawful = fields.Boolean(required=True)
     implemented = fields.Boolean(required=True)
     accepted = fields.Boolean(required=True)
-    notes = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    notes = Text(load_default=None, allow_none=True, validate=validate.Length(max=2000))
 
 
 # --- queries -------------------------------------------------------------------------------------
@@ -201,10 +202,10 @@ class IssueOut(Schema):
     level_label = fields.Function(lambda i: LEVEL_LABELS.get(i.level, i.level))
     category = fields.String()
     category_label = fields.Function(lambda i: CATEGORIES.get(i.category, i.category))
-    description = fields.String()
+    description = Text()
     village_id = fields.UUID()
     village_name = fields.Function(lambda i: getattr(i, "village_name", None))
-    address = fields.String(allow_none=True)
+    address = Text(allow_none=True)
     lat = fields.Float(allow_none=True)
     lon = fields.Float(allow_none=True)
     photo_ids = fields.List(fields.String())
@@ -278,7 +279,7 @@ class HistoryOut(Schema):
     to_level = fields.String()
     actor_id = fields.UUID(allow_none=True)
     actor_name = fields.String(allow_none=True)
-    note = fields.String(allow_none=True)
+    note = Text(allow_none=True)
     details = fields.Dict()
     occurred_at = LocalDateTime()
 
@@ -305,7 +306,7 @@ class CallbackOut(Schema):
     implemented = fields.Boolean()
     accepted = fields.Boolean()
     passed = fields.Boolean()
-    notes = fields.String(allow_none=True)
+    notes = Text(allow_none=True)
     recorded_at = LocalDateTime()
 
 
@@ -335,13 +336,13 @@ class CallbackResultPageOut(Schema):
 
 
 class LedgerProgressIn(_In):
-    text = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    text = Text(required=True, validate=validate.Length(min=1, max=2000))
     status = fields.String(load_default=None, validate=validate.OneOf(list(LEDGER_STATUSES)))
 
 
 class LedgerProgressOut(Schema):
     id = fields.UUID()
-    text = fields.String()
+    text = Text()
     status = fields.String(allow_none=True)
     author_id = fields.UUID(allow_none=True)
     author_name = fields.String(allow_none=True)
@@ -354,7 +355,7 @@ class LedgerEntryOut(Schema):
     issue_id = fields.UUID()
     department_id = fields.UUID()
     department = fields.Function(lambda e: e.department.name)
-    reason = fields.String()
+    reason = Text()
     status = fields.String()
     status_label = fields.Function(lambda e: LEDGER_STATUSES.get(e.status, e.status))
     referred_at = LocalDateTime()
@@ -373,20 +374,20 @@ class LedgerPageOut(Schema):
 class VillageIn(_In):
     id = fields.UUID(load_default=None)
     code = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=16))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    name = Text(required=True, validate=validate.Length(min=1, max=64))
     area_leader_id = fields.UUID(load_default=None, allow_none=True)
 
 
 class VillageChangeIn(_In):
     code = fields.String(allow_none=True, validate=validate.Length(max=16))
-    name = fields.String(validate=validate.Length(min=1, max=64))
+    name = Text(validate=validate.Length(min=1, max=64))
     area_leader_id = fields.UUID(allow_none=True)
 
 
 class VillageOut(Schema):
     id = fields.UUID()
     code = fields.String(allow_none=True)
-    name = fields.String()
+    name = Text()
     area_leader_id = fields.UUID(allow_none=True)
     updated_at = LocalDateTime()
 
@@ -395,7 +396,7 @@ class GridIn(_In):
     id = fields.UUID(load_default=None)
     code = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=16))
     village_id = fields.UUID(required=True)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    name = Text(required=True, validate=validate.Length(min=1, max=64))
     leader_id = fields.UUID(load_default=None, allow_none=True)
     member_ids = fields.List(fields.UUID(), load_default=list)
 
@@ -403,7 +404,7 @@ class GridIn(_In):
 class GridChangeIn(_In):
     code = fields.String(allow_none=True, validate=validate.Length(max=16))
     village_id = fields.UUID()
-    name = fields.String(validate=validate.Length(min=1, max=64))
+    name = Text(validate=validate.Length(min=1, max=64))
     leader_id = fields.UUID(allow_none=True)
     member_ids = fields.List(fields.UUID())
 
@@ -420,7 +421,7 @@ class GridOut(Schema):
     id = fields.UUID()
     code = fields.String(allow_none=True)
     village_id = fields.UUID()
-    name = fields.String()
+    name = Text()
     leader_id = fields.UUID(allow_none=True)
     member_ids = fields.Function(lambda g: [str(m.user_id) for m in g.members])
 
@@ -432,12 +433,12 @@ class AreaLeaderIn(_In):
 class VillageRefOut(Schema):
     id = fields.UUID()
     code = fields.String(allow_none=True)
-    name = fields.String()
+    name = Text()
 
 
 class AreaLeaderOut(Schema):
     user_id = fields.UUID()
-    name = fields.String(allow_none=True)
+    name = Text(allow_none=True)
     villages = fields.List(fields.Nested(VillageRefOut))
 
 
@@ -447,7 +448,7 @@ DEPARTMENT_KIND = validate.OneOf(list(DEPARTMENT_KINDS), error="部门类型应�
 class DepartmentIn(_In):
     id = fields.UUID(load_default=None)
     code = fields.String(required=True, validate=validate.Length(min=1, max=32))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    name = Text(required=True, validate=validate.Length(min=1, max=64))
     kind = fields.String(load_default="county", validate=DEPARTMENT_KIND)
     active = fields.Boolean(load_default=True)
     # The department's staff (role department_staff), by user id.
@@ -456,7 +457,7 @@ class DepartmentIn(_In):
 
 class DepartmentChangeIn(_In):
     code = fields.String(validate=validate.Length(min=1, max=32))
-    name = fields.String(validate=validate.Length(min=1, max=64))
+    name = Text(validate=validate.Length(min=1, max=64))
     kind = fields.String(validate=DEPARTMENT_KIND)
     active = fields.Boolean()
     member_ids = fields.List(fields.UUID(), validate=validate.Length(max=200))
@@ -469,7 +470,7 @@ class DepartmentQuery(_Query):
 class DepartmentOut(Schema):
     id = fields.UUID()
     code = fields.String()
-    name = fields.String()
+    name = Text()
     kind = fields.String()
     kind_label = fields.Function(lambda d: DEPARTMENT_KINDS.get(d.kind, d.kind))
     active = fields.Boolean()
@@ -478,7 +479,7 @@ class DepartmentOut(Schema):
 
 class StaffOut(Schema):
     id = fields.UUID()
-    name = fields.String()
+    name = Text()
     # Admins only (``organisation.list_staff`` sets ``shown_phone``); null for anyone else.
     phone = fields.Function(lambda s: getattr(s, "shown_phone", None), allow_none=True)
     roles = fields.List(fields.String())

@@ -477,3 +477,13 @@ def test_a_new_resolution_is_not_rated_yet():
     item = FakeIssue(state="in_progress", rating="unsatisfied", resolution_count=1)
     domain.resolve(item, note="已修好", now=NOW)
     assert item.rating is None and item.resolution_count == 2
+
+
+def test_free_text_fields_refuse_a_nul_even_when_loaded_outside_a_request() -> None:
+    from marshmallow import ValidationError
+
+    from dispatch.schemas import ReasonIn
+
+    with pytest.raises(ValidationError) as refused:
+        ReasonIn().load({"reason": "重复反映\x00"})
+    assert "空字符" in str(refused.value.messages["reason"])

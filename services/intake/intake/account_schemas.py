@@ -6,6 +6,7 @@ from flask import current_app
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from shared.auth import ROLES
+from shared.fields import Text
 
 USERNAME = validate.Regexp(
     r"^[A-Za-z0-9_.-]{3,64}$", error="用户名应为 3 到 64 位字母、数字、下划线、点或连字符。"
@@ -48,7 +49,7 @@ class AccountSchema(Schema):
 
     id = fields.UUID(dump_only=True)
     username = fields.String(allow_none=True)
-    name = fields.String()
+    name = Text()
     phone = fields.String(allow_none=True)
     roles = fields.List(fields.String())
     village_id = fields.UUID(allow_none=True)
@@ -84,7 +85,7 @@ class AccountCreateSchema(Schema):
         unknown = RAISE
 
     username = fields.String(required=True, validate=USERNAME)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    name = Text(required=True, validate=validate.Length(min=1, max=64))
     phone = fields.String(load_default=None, allow_none=True, validate=PHONE)
     roles = fields.List(
         fields.String(validate=ROLE), required=True, validate=validate.Length(min=1, max=8)
@@ -100,7 +101,7 @@ class AccountChangeSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    name = fields.String(validate=validate.Length(min=1, max=64))
+    name = Text(validate=validate.Length(min=1, max=64))
     phone = fields.String(allow_none=True, validate=PHONE)
     roles = fields.List(fields.String(validate=ROLE), validate=validate.Length(min=1, max=8))
     village_id = fields.UUID(allow_none=True)

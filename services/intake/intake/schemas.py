@@ -15,6 +15,7 @@ from intake.domain import (
     mobile_number,
 )
 from shared.clock import LocalDateTime
+from shared.fields import Text
 
 MAX_PHOTOS = 9
 
@@ -26,7 +27,7 @@ class OnBehalfIn(Schema):
         unknown = EXCLUDE
 
     resident_id = fields.UUID(load_default=None, allow_none=True)
-    name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    name = Text(load_default=None, allow_none=True, validate=validate.Length(max=64))
     phone = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=32))
 
     @validates_schema
@@ -43,11 +44,9 @@ class ReportIn(Schema):
 
     category = fields.String(required=True, validate=validate.OneOf(list(CATEGORIES)))
     # With a photo a short description (2+) or none will do; without one it stays required.
-    description = fields.String(
-        load_default=None, allow_none=True, validate=validate.Length(max=2000)
-    )
+    description = Text(load_default=None, allow_none=True, validate=validate.Length(max=2000))
     village_id = fields.UUID(required=True)
-    address = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
+    address = Text(load_default=None, allow_none=True, validate=validate.Length(max=255))
     lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(-90, 90))
     lon = fields.Float(load_default=None, allow_none=True, validate=validate.Range(-180, 180))
     photo_ids = fields.List(
@@ -80,7 +79,7 @@ class DetailsIn(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    text = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    text = Text(required=True, validate=validate.Length(min=1, max=500))
     photo_ids = fields.List(
         fields.UUID(), load_default=list, validate=validate.Length(max=MAX_PHOTOS)
     )
@@ -95,14 +94,14 @@ class UrgeIn(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    text = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    text = Text(load_default=None, allow_none=True, validate=validate.Length(max=200))
 
 
 class WithdrawIn(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    reason = fields.String(required=True, validate=validate.Length(min=2, max=500))
+    reason = Text(required=True, validate=validate.Length(min=2, max=500))
 
     @validates_schema
     def _not_blank(self, data, **_kwargs):
@@ -151,7 +150,7 @@ class RatingIn(Schema):
         unknown = EXCLUDE
 
     rating = fields.String(required=True, validate=validate.OneOf(list(RATINGS)))
-    comment = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    comment = Text(load_default=None, allow_none=True, validate=validate.Length(max=500))
 
 
 class MediaQuery(Schema):
@@ -188,7 +187,7 @@ def photo_links(ids: list | None) -> list[dict]:
 class StepOut(Schema):
     kind = fields.String()
     title = fields.String()
-    note = fields.String(allow_none=True)
+    note = Text(allow_none=True)
     actor_name = fields.String(allow_none=True)
     occurred_at = LocalDateTime()
 
@@ -198,7 +197,7 @@ class IssueSummaryOut(Schema):
     ticket_no = fields.String()
     category = fields.String()
     category_label = fields.Function(lambda i: CATEGORIES.get(i.category, i.category))
-    description = fields.String()
+    description = Text()
     status = fields.String()
     status_label = fields.Function(lambda i: STATES.get(i.status, i.status))
     level = fields.String()
@@ -235,7 +234,7 @@ class OriginalProgressOut(Schema):
 class IssueOut(IssueSummaryOut):
     village_id = fields.UUID()
     village_name = fields.String(allow_none=True)
-    address = fields.String(allow_none=True)
+    address = Text(allow_none=True)
     lat = fields.Float(allow_none=True)
     lon = fields.Float(allow_none=True)
     # Only photos attached to the report (``services.visible_issue`` sets ``shown_*``).
@@ -248,7 +247,7 @@ class IssueOut(IssueSummaryOut):
     reject_reason = fields.String(allow_none=True)
     closed_at = LocalDateTime(allow_none=True)
     can_rate = fields.Boolean()
-    contact_name = fields.String(allow_none=True)
+    contact_name = Text(allow_none=True)
     contact_phone = fields.Function(lambda i: masked_phone(i.contact_phone))
     submitted_by = fields.UUID(allow_none=True)
     urge_count = fields.Integer()
@@ -274,7 +273,7 @@ class RatingOut(Schema):
     issue_id = fields.UUID()
     rating = fields.String()
     rating_label = fields.Function(lambda r: RATINGS.get(r.rating, r.rating))
-    comment = fields.String(allow_none=True)
+    comment = Text(allow_none=True)
     rated_at = LocalDateTime()
 
 
@@ -285,4 +284,4 @@ class CategoryOut(Schema):
 
 class VillageOut(Schema):
     id = fields.UUID()
-    name = fields.String()
+    name = Text()

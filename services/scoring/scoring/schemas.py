@@ -7,6 +7,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 from scoring.boards import KPI_SCOPES, SCOPES
 from scoring.domain import RULE_CODES
 from shared.clock import LocalDateTime
+from shared.fields import Text
 
 PERIOD_HELP = "统计周期（北京时间）：month:2026-11、quarter:2026-Q4、year:2026 或 all；不填为本月。"
 RATE_HELP = "比率 0-1，保留四位小数；分母为 0 时为 null。"
@@ -41,14 +42,14 @@ class RuleIn(_In):
         allow_none=True,
         metadata={"description": "生效日期（北京时间），不早于明天；不填为明天。"},
     )
-    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    note = Text(load_default=None, allow_none=True, validate=validate.Length(max=200))
 
 
 class RuleVersionOut(Schema):
     version = fields.Integer()
     points = fields.Integer()
     effective_from = fields.Date()
-    note = fields.String(allow_none=True)
+    note = Text(allow_none=True)
     changed_by = fields.UUID(allow_none=True)
     changed_at = LocalDateTime()
 
@@ -86,7 +87,7 @@ class BoardRowOut(Schema):
         metadata={"description": "名次：按积分、再按按时办结数排序，两者都相同者并列（1,1,3）"}
     )
     id = fields.UUID(metadata={"description": "网格员、网格或村的 id"})
-    name = fields.String()
+    name = Text()
     village_id = fields.UUID(allow_none=True)
     village_name = fields.String(allow_none=True)
     points = fields.Integer()
@@ -117,7 +118,7 @@ class KpiQuery(_Query):
 class KpiRowOut(Schema):
     scope = fields.String()
     id = fields.UUID(allow_none=True)
-    name = fields.String()
+    name = Text()
     village_id = fields.UUID(allow_none=True)
     village_name = fields.String(allow_none=True)
     points = fields.Integer()
@@ -188,7 +189,7 @@ class EntryOut(Schema):
     id = fields.UUID()
     points = fields.Integer()
     rule = fields.String()
-    reason = fields.String()
+    reason = Text()
     rule_version = fields.Integer()
     issue_id = fields.UUID(allow_none=True)
     ticket_no = fields.String(allow_none=True)
@@ -207,7 +208,7 @@ class TotalOut(Schema):
 
 class PointsOut(Schema):
     user_id = fields.UUID()
-    name = fields.String()
+    name = Text()
     totals = fields.List(fields.Nested(TotalOut))
     items = fields.List(fields.Nested(EntryOut))
     next_cursor = fields.String(allow_none=True)
