@@ -6,7 +6,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -113,9 +113,17 @@ def _check_report(session: Session, reporter_id: uuid.UUID, report: NewReport) -
 
 
 def report_issue(
-    session: Session, settings: IntakeSettings, reporter_id: uuid.UUID, report: NewReport
+    session: Session,
+    settings: IntakeSettings,
+    reporter_id: uuid.UUID,
+    report: NewReport,
+    *,
+    now: datetime | None = None,
 ) -> Issue:
     """Store a report and its ``issue.reported`` event in the caller's transaction.
+
+    ``now`` (default: the present) is when it was reported: its ticket number's day and
+    ``reported_at``; only the demo history (``python -m intake seed-history``) gives a past one.
 
     With ``report.on_behalf_of`` the caller (``reporter_id``) is the staff member who submits it
     (代办): the resident becomes the reporter when they have an account, else the staff member
@@ -133,7 +141,7 @@ def report_issue(
         user = session.get(User, reporter_id)
         if user is not None and user.contact_phone:
             contact_name, contact_phone = contact_name or user.name or None, user.contact_phone
-    now = utcnow()
+    now = now or utcnow()
     issue = Issue(
         id=uuid.uuid4(),
         ticket_no=domain.ticket_number(
