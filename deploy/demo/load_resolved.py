@@ -18,7 +18,6 @@ every step with the time it happens and has no way to backdate one.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 from load_township import (
     Api,
     LoadError,
+    demo_parser,
     existing_accounts,
     read_township,
     sign_in,
@@ -220,16 +220,7 @@ def load(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="演示办结事项 / resolved demo reports over HTTP")
-    parser.add_argument("--file", type=Path, default=HERE / "township.yaml")
-    parser.add_argument("--intake", default=os.environ.get("INTAKE_URL", "http://localhost:8001"))
-    parser.add_argument(
-        "--dispatch", default=os.environ.get("DISPATCH_URL", "http://localhost:8002")
-    )
-    parser.add_argument("--admin-username", default=os.environ.get("DEMO_ADMIN_USERNAME", "admin"))
-    parser.add_argument(
-        "--admin-password", default=os.environ.get("DEMO_ADMIN_PASSWORD", "demo365")
-    )
+    parser = demo_parser("演示办结事项 / resolved demo reports over HTTP")
     parser.add_argument(
         "--password",
         default=os.environ.get("DEMO_PASSWORD", "demo365"),

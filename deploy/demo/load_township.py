@@ -349,8 +349,9 @@ def load(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="载入演示乡镇 / load the demo township over HTTP")
+def demo_parser(description: str) -> argparse.ArgumentParser:
+    """The options every demo loader takes: the township file, the services, the admin."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--file", type=Path, default=HERE / "township.yaml")
     parser.add_argument("--intake", default=os.environ.get("INTAKE_URL", "http://localhost:8001"))
     parser.add_argument(
@@ -360,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--admin-password", default=os.environ.get("DEMO_ADMIN_PASSWORD", "demo365")
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = demo_parser("载入演示乡镇 / load the demo township over HTTP")
     parser.add_argument(
         "--password",
         default=os.environ.get("DEMO_PASSWORD"),
