@@ -202,43 +202,44 @@ def intake_app(migrated_database, rabbit_server, jwt_keys, tmp_path_factory, peo
     app.extensions["db"].dispose()
 
 
-@pytest.fixture(scope="module")
-def dispatch_app(migrated_database, rabbit_server, jwt_keys, people) -> Flask:
-    from dispatch.models import Staff
-
-    app = create_dispatch(
-        DispatchSettings(
+def _app_that_knows(create, settings_cls, service, people, make_person, url, vhost, public_key):
+    """A dispatch-like app whose account snapshot already holds one person per role (as
+    ``account.upserted`` would have told it): each token is checked against that snapshot."""
+    app = create(
+        settings_cls(
             app_env="test",
-            database_url=migrated_database("dispatch", prefix="dispatch_authz"),
-            rabbitmq_url=rabbit_server.create_vhost("authz"),
-            jwt_public_key_file=jwt_keys[1],
+            database_url=url(service, prefix=f"{service}_authz"),
+            rabbitmq_url=vhost("authz"),
+            jwt_public_key_file=public_key,
             log_format="text",
         )
     )
     with app.extensions["db"].transaction() as session:
         for role, (user_id, _headers) in people.items():
-            session.add(Staff(id=user_id, name=f"{role}测试", roles=[role], active=True))
+            session.add(make_person(id=user_id, name=f"{role}测试", roles=[role], active=True))
+    return app
+
+
+@pytest.fixture(scope="module")
+def dispatch_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[Flask]:
+    from dispatch.models import Staff
+
+    app = _app_that_knows(
+        create_dispatch, DispatchSettings, "dispatch", people, Staff,
+        migrated_database, rabbit_server.create_vhost, jwt_keys[1],
+    )  # fmt: skip
     yield app
     app.extensions["db"].dispose()
 
 
 @pytest.fixture(scope="module")
-def scoring_app(migrated_database, rabbit_server, jwt_keys, people) -> Flask:
+def scoring_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[Flask]:
     from scoring.models import Person
 
-    app = create_scoring(
-        ScoringSettings(
-            app_env="test",
-            database_url=migrated_database("scoring", prefix="scoring_authz"),
-            rabbitmq_url=rabbit_server.create_vhost("authz"),
-            jwt_public_key_file=jwt_keys[1],
-            log_format="text",
-        )
-    )
-    # scoring knows people from account.upserted and checks each token against what it holds.
-    with app.extensions["db"].transaction() as session:
-        for role, (user_id, _headers) in people.items():
-            session.add(Person(id=user_id, name=f"{role}测试", roles=[role], active=True))
+    app = _app_that_knows(
+        create_scoring, ScoringSettings, "scoring", people, Person,
+        migrated_database, rabbit_server.create_vhost, jwt_keys[1],
+    )  # fmt: skip
     yield app
     app.extensions["db"].dispose()
 

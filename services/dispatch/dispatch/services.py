@@ -476,12 +476,7 @@ def assign(
         grid = _grid_of(session, assignee_id, issue.village_id)
     else:
         grid = _leaders_grid_for(session, actor, issue, assignee_id)
-    deadline = domain.due_at_for(
-        now=now,
-        due_at=due_at,
-        due_in_hours=due_in_hours,
-        default_hours=settings.due_hours(issue.category),
-    )
+    deadline = _assignment_deadline(settings, issue, now, due_at, due_in_hours)
     step = domain.assign(
         issue,
         assignee_id=assignee_id,
@@ -529,6 +524,22 @@ def _emit_assigned(
     )
 
 
+def _assignment_deadline(
+    settings: DispatchSettings,
+    issue: Issue,
+    now: datetime,
+    due_at: datetime | None,
+    due_in_hours: float | None,
+) -> datetime:
+    """The deadline given, or hours given, or the category's default time limit."""
+    return domain.due_at_for(
+        now=now,
+        due_at=due_at,
+        due_in_hours=due_in_hours,
+        default_hours=settings.due_hours(issue.category),
+    )
+
+
 def _township_department(session: Session, department_id: uuid.UUID | None) -> Department:
     department = session.get(Department, department_id) if department_id else None
     if department is None or not department.active or department.kind != "township":
@@ -559,12 +570,7 @@ def _assign_to_department(
     if not actor.has("admin"):
         raise Forbidden("只有管理员可以把事项交给乡镇分管部门。", code="admin_only")
     department = _township_department(session, department_id)
-    deadline = domain.due_at_for(
-        now=now,
-        due_at=due_at,
-        due_in_hours=due_in_hours,
-        default_hours=settings.due_hours(issue.category),
-    )
+    deadline = _assignment_deadline(settings, issue, now, due_at, due_in_hours)
     step = domain.assign(
         issue,
         assignee_id=None,
