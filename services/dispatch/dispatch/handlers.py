@@ -8,7 +8,8 @@ Published by dispatch (``services.py``, ``organisation.py``, ``scheduler.py``): 
 issue.started, issue.escalated, issue.overdue, issue.reminder_due, issue.resolved,
 issue.reopened, issue.closed, issue.rejected, issue.callback_recorded,
 issue.withdrawal_declined (each with
-``issue_version`` and ``snapshot``: ``services.emit_issue``), village.upserted (with ``revision``).
+``issue_version`` and ``snapshot``: ``services.emit_issue``), village.upserted (with ``revision``),
+callbacks.pending (the scheduler's daily digest of callbacks waiting).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Dispatch's tables: organisation (villages, grids, departments), staff known from intake's
-events, work items with their history, deadline marks, the hard-problems ledger and callbacks.
+events, work items with their history, deadline and digest marks, the hard-problems ledger and
+callbacks.
 
 The partial indexes name the scheduler's and the queue's questions exactly, so each of them reads
 only the rows that need work, whatever the table's size.
@@ -8,7 +9,7 @@ only the rows that need work, whatever the table's size.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -257,6 +258,18 @@ class DeadlineMark(Base):
     )
     due_at: Mapped[datetime] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    marked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DigestMark(Base):
+    """That one day's digest of a kind (``callbacks.pending``) was sent: exactly once per
+    Asia/Shanghai day, however often and in how many copies the scheduler runs (the key is the
+    guarantee)."""
+
+    __tablename__ = "digest_marks"
+
+    kind: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
     marked_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

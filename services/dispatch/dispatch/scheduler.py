@@ -1,11 +1,13 @@
 """The scheduler process: reminders, overdue flags, escalation after the grace period, closing
-unrated items and keeping the callback sample filled.
+unrated items, keeping the callback sample filled and the supervisors' daily digest of the
+callbacks waiting (``callbacks.pending``).
 
 Each job asks one partial index for the rows that need work now (so it costs the same with a
 million items as with a thousand), takes them with ``FOR UPDATE SKIP LOCKED`` (copies of the
 scheduler share the work instead of waiting), and records a ``deadline_marks`` row under its
 primary key in the same transaction as the event: however often and in how many copies it runs,
-each reminder, overdue flag and escalation is sent once per item and deadline.
+each reminder, overdue flag and escalation is sent once per item and deadline. The daily digest
+is kept once per Asia/Shanghai day the same way, by a ``digest_marks`` row.
 """
 
 from __future__ import annotations
@@ -16,23 +18,27 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from types import FrameType
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dispatch import domain, services
-from dispatch.models import DeadlineMark, Issue, IssueHistory, Village
+from dispatch.models import DeadlineMark, DigestMark, Issue, IssueHistory, Village
 from dispatch.settings import DispatchSettings
-from shared.clock import utcnow
+from shared.clock import to_local, utcnow
 from shared.db import Database
+from shared.events import emit
 
 log = logging.getLogger("dispatch.scheduler")
 
 AUTO_ESCALATION_REASON = "超期未办结，超过宽限期，系统自动升级一级。"
 WORKING = tuple(sorted(domain.WORKING_STATES))
+CALLBACK_DIGEST = "callbacks.pending"
+DIGEST_TICKETS = 10  # the oldest items a digest names
 
 
 @dataclass
@@ -42,6 +48,7 @@ class SchedulerReport:
     escalated: int = 0
     closed: int = 0
     sampled: int = 0
+    digests: int = 0
 
     def total(self) -> int:
         return sum(asdict(self).values())
@@ -55,6 +62,18 @@ def _claim_mark(session: Session, issue_id: uuid.UUID, due_at: datetime, kind: s
         .values(issue_id=issue_id, due_at=due_at, kind=kind, marked_at=now)
         .on_conflict_do_nothing()
         .returning(DeadlineMark.issue_id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def _claim_digest(session: Session, kind: str, day: date, now: datetime) -> bool:
+    """Insert the day's digest mark; False when another run already holds it (once per day)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(DigestMark)
+        .values(kind=kind, day=day, marked_at=now)
+        .on_conflict_do_nothing()
+        .returning(DigestMark.kind)
     )
     return session.execute(stmt).first() is not None
 
@@ -225,15 +244,50 @@ def sample_batch(session: Session, settings: DispatchSettings, now: datetime) ->
     return len(issues), sum(1 for i in issues if i.callback_status == "pending")
 
 
+def callback_digest(session: Session, settings: DispatchSettings, now: datetime) -> tuple[int, int]:
+    """Once per Asia/Shanghai day, from ``callback_digest_hour`` on, tell the supervisors which
+    closed items wait for a callback (回头看): one ``callbacks.pending``, none while none wait."""
+    local = to_local(now)
+    if local.hour < settings.callback_digest_hour:
+        return 0, 0
+    waiting = (Issue.state == "closed", Issue.callback_status == "pending")
+    by_village = session.execute(
+        sa.select(Issue.village_id, sa.func.count(), sa.func.min(Issue.closed_at))
+        .where(*waiting)
+        .group_by(Issue.village_id)
+    ).all()
+    count = sum(n for _village, n, _oldest in by_village)
+    if not count or not _claim_digest(session, CALLBACK_DIGEST, local.date(), now):
+        return 0, 0
+    oldest = session.execute(
+        sa.select(Issue.id, Issue.ticket_no)
+        .where(*waiting)
+        .order_by(Issue.closed_at, Issue.id)
+        .limit(DIGEST_TICKETS)
+    ).all()
+    data: dict[str, Any] = {
+        "date": local.date().isoformat(),
+        "count": count,
+        "oldest_closed_at": min((t for _v, _n, t in by_village if t is not None), default=None),
+        # The ticket number the resident knows (issue.reported), the id where there is none.
+        "tickets": [row.ticket_no or str(row.id) for row in oldest],
+        "issue_ids": [row.id for row in oldest],
+        "village_counts": {village: n for village, n, _oldest in by_village},
+    }
+    emit(session, CALLBACK_DIGEST, data)
+    return 0, 1
+
+
 Job = Callable[[Session, DispatchSettings, datetime], tuple[int, int]]
 
-# name in the report -> job returning (rows taken, events sent)
+# name in the report -> job returning (rows taken, events sent); the digest takes no rows
 JOBS: tuple[tuple[str, Job], ...] = (
     ("reminded", remind_batch),
     ("overdue", overdue_batch),
     ("escalated", escalate_batch),
     ("closed", auto_close_batch),
     ("sampled", sample_batch),
+    ("digests", callback_digest),  # after the sample: today's newly sampled items count
 )
 
 

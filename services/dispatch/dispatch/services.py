@@ -1358,6 +1358,7 @@ def snapshot(session: Session, issue: Issue) -> dict[str, Any]:
     """The resident-facing state of the item after a step, carried by every ``issue.*`` event so
     that a consumer can take the newest one whole (retries reorder events; DESIGN.md)."""
     handler_name: str | None = None
+    department: Department | None = None
     if issue.department_id is not None:  # a township department, or the county's
         department = session.get(Department, issue.department_id)
         handler_name = department.name if department else None
@@ -1380,7 +1381,23 @@ def snapshot(session: Session, issue: Issue) -> dict[str, Any]:
         "rating": issue.rating,
         "closed_at": issue.closed_at,
         "reject_reason": issue.reject_reason,
+        "holder_ids": holder_ids(issue, department),
     }
+
+
+def holder_ids(issue: Issue, department: Department | None) -> list[uuid.UUID]:
+    """Who holds the item now and must act on it (notify's recipients): the holding
+    department's members, else the level's handler above the grid, else the grid worker while
+    the item is being worked on; empty: the township admins' queue (a new report) or nobody (done
+    at the grid level)."""
+    if issue.department_id is not None:
+        # ``members`` is loaded with the department (selectin), in the order they were added.
+        return [member.user_id for member in department.members] if department else []
+    if issue.level != "grid" and issue.handler_id is not None:
+        return [issue.handler_id]
+    if issue.assignee_id is not None and issue.state in domain.WORKING_STATES:
+        return [issue.assignee_id]
+    return []
 
 
 def _staff_name(session: Session, user_id: uuid.UUID | None) -> str | None:

@@ -39,6 +39,8 @@ class DispatchSettings(ServiceSettings):
     overdue_grace_hours: float = Field(24.0, ge=0, le=24 * 90)
     auto_close_days: float = Field(7.0, gt=0, le=365)
     callback_sample_share: float = Field(0.1, ge=0, le=1)
+    # The daily digest of callbacks waiting (callbacks.pending): from this hour (Asia/Shanghai).
+    callback_digest_hour: int = Field(9, ge=0, le=23)
 
     ledger_prefix: str = Field("YN", pattern=r"^[A-Z]{1,6}$")
 

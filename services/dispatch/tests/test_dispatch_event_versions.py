@@ -31,6 +31,7 @@ SNAPSHOT_FIELDS = {
     "rating",
     "closed_at",
     "reject_reason",
+    "holder_ids",
 }
 
 
