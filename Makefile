@@ -6,7 +6,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-SERVICES := intake dispatch scoring
+SERVICES := intake dispatch scoring notify
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

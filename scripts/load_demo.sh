@@ -4,7 +4,7 @@
 # answer; then a few dozen resolved and rated demo reports (deploy/demo/load_resolved.py), so
 # that scoring's leaderboard has points; then three past months of resolved demo reports
 # (`intake seed-history`, `dispatch seed-history`), so that earlier months have points too. Run by honcho beside the services under `make run` /
-# `make up`; idempotent. Honcho stops every process when one exits, so after loading this one stays asleep.
+# `make up`; idempotent. Then notify's demo preferences. Honcho stops every process when one exits, so after loading this one stays asleep.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -28,6 +28,12 @@ if [[ "${DEMO_DATA:-false}" == "true" && "${APP_ENV:-development}" != "productio
       echo "演示历史诉求已载入 / past months of demo reports loaded"
     else
       echo "演示历史诉求载入失败，见上文 / past demo reports NOT loaded (see above)"
+    fi
+    # notify: the demo residents follow the township's news, grid leaders keep quiet hours
+    # (nobody's own choice is overwritten).
+    if [[ " ${SERVICES:-} " == *" notify "* ]]; then
+      "$root/scripts/service" notify demo-preferences --wait 120 \
+        || echo "演示提醒设置载入失败，见上文 / demo preferences NOT loaded (see above)"
     fi
   else
     echo "演示乡镇载入失败，见上文 / demo township NOT loaded (see above); the services keep running"

@@ -4,7 +4,9 @@ Logs in as two residents (dev WeChat mode), uploads a photo, reports twice with 
 Idempotency-Key, reads the report back, checks another resident gets 404, sends bad input, and
 reads the ``issue.reported`` envelope from a queue bound to the exchange; then dispatch and
 scoring answer ``/readyz`` and scoring's leaderboard of this month is read with the resident's
-token (and refused without one). Exits 1 on any failure.
+token (and refused without one); notify answers ``/readyz``, the resident's inbox and unread
+count are read (refused without a token), and the stream sends its first ``unread`` event.
+Exits 1 on any failure.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main() -> int:
     parser.add_argument("--intake", default="http://127.0.0.1:8001")
     parser.add_argument("--dispatch", default="http://127.0.0.1:8002")
     parser.add_argument("--scoring", default="http://127.0.0.1:8003")
+    parser.add_argument("--notify", default="http://127.0.0.1:8005")
+    parser.add_argument("--stream", default="http://127.0.0.1:8015")
     parser.add_argument("--amqp", default="amqp://guest:guest@localhost:5672/%2F")
     parser.add_argument("--exchange", default="service365.events")
     args = parser.parse_args()
@@ -149,7 +153,11 @@ def main() -> int:
         print(json.dumps(envelope, ensure_ascii=False, indent=2))
     connection.close()
 
-    for name, url in (("dispatch", args.dispatch), ("scoring", args.scoring)):
+    for name, url in (
+        ("dispatch", args.dispatch),
+        ("scoring", args.scoring),
+        ("notify", args.notify),
+    ):
         try:
             ready = requests.get(f"{url.rstrip('/')}/readyz", timeout=10).status_code
         except requests.RequestException as exc:
@@ -166,6 +174,31 @@ def main() -> int:
     check("phone" not in board.text, "the leaderboard shows no phone")
     nobody = requests.get(f"{scoring}/api/v1/leaderboard", params={"period": month}, timeout=10)
     check(nobody.status_code == 401, f"leaderboard without a token -> {nobody.status_code}")
+    notify = args.notify.rstrip("/")
+    inbox = requests.get(f"{notify}/api/v1/notifications", headers=alice, timeout=10)
+    check(inbox.status_code == 200, f"notify inbox for a resident -> {inbox.status_code}")
+    count = requests.get(f"{notify}/api/v1/notifications/unread-count", headers=alice, timeout=10)
+    check(
+        count.status_code == 200 and "unread" in count.json(),
+        f"notify unread count -> {count.status_code} {count.text.strip()}",
+    )
+    nobody = requests.get(f"{notify}/api/v1/notifications", timeout=10)
+    check(nobody.status_code == 401, f"notify inbox without a token -> {nobody.status_code}")
+    first = ""
+    try:
+        with requests.get(
+            f"{args.stream.rstrip('/')}/api/v1/notifications/stream",
+            headers=alice,
+            stream=True,
+            timeout=10,
+        ) as live:
+            for line in live.iter_lines(decode_unicode=True):
+                if line and line.startswith("event:"):
+                    first = line
+                    break
+    except requests.RequestException as exc:
+        first = type(exc).__name__
+    check(first == "event: unread", f"notify stream's first event -> {first!r}")
     failed = [what for ok, what in results if not ok]
     print(f"\n{len(results) - len(failed)}/{len(results)} checks passed")
     return 1 if failed else 0

@@ -77,8 +77,25 @@ def web_concurrency() -> int:
     return value
 
 
-def gunicorn_argv(service: str, settings: ServiceSettings, create_app_path: str) -> list[str]:
-    """The gunicorn command line of ``<service> web`` (kept separate so tests can read it)."""
+def gunicorn_argv(
+    service: str,
+    settings: ServiceSettings,
+    create_app_path: str,
+    *,
+    process: str = "web",
+    port: int | None = None,
+    workers: int | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The gunicorn command line of ``<service> web`` (kept separate so tests can read it).
+
+    A second HTTP process of a service names itself and may differ in port, workers and more
+    gunicorn options; it gets a control socket of its own. Example (notify's event stream)::
+
+        gunicorn_argv("notify", settings, "notify.stream:create_stream_app()", process="stream",
+                      port=settings.stream_port, workers=1,
+                      extra=["--worker-class", "gthread", "--threads", "100"])
+    """
     return [
         sys.executable,
         "-m",
@@ -86,13 +103,14 @@ def gunicorn_argv(service: str, settings: ServiceSettings, create_app_path: str)
         "--config",
         str(GUNICORN_CONF),
         "--bind",
-        f"0.0.0.0:{settings.port}",
+        f"0.0.0.0:{port if port is not None else settings.port}",
         "--workers",
-        str(web_concurrency()),
+        str(workers if workers is not None else web_concurrency()),
         "--control-socket",
-        str(control_socket_path(service)),
+        str(control_socket_path(service if process == "web" else f"{service}-{process}")),
         "--name",
-        f"{service}-web",
+        f"{service}-{process}",
+        *extra,
         create_app_path,
     ]
 

@@ -1,5 +1,5 @@
-"""Every route of intake, dispatch and scoring, called by every role and by nobody, against the
-tables below.
+"""Every route of intake, dispatch, scoring and notify, called by every role and by nobody,
+against the tables below.
 
 The table is the access policy in one place (DESIGN.md's roles): for each route, the roles that
 pass its gate, or ``PUBLIC`` for routes anyone may call without a token. A role outside the set
@@ -24,6 +24,8 @@ from dispatch.app import create_app as create_dispatch
 from dispatch.settings import DispatchSettings
 from intake.app import create_app as create_intake
 from intake.settings import IntakeSettings
+from notify.app import create_app as create_notify
+from notify.settings import NotifySettings
 from scoring.app import create_app as create_scoring
 from scoring.settings import ScoringSettings
 from shared.auth import ROLES
@@ -132,6 +134,21 @@ SCORING: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/workers/<uuid:worker_id>/points"): frozenset(
         {"admin", "area_leader", "grid_leader", "grid_worker"}
     ),
+}
+
+# notify: everyone signed in has an inbox and preferences (their own only: another user's
+# message is a 404 inside); the delivery log and retries are the admins'. The stream
+# (GET /api/v1/notifications/stream) is served by its own process and app: tested in
+# services/notify/tests/test_notify_stream.py.
+NOTIFY: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/api/v1/notifications"): EVERYONE,
+    ("GET", "/api/v1/notifications/unread-count"): EVERYONE,
+    ("POST", "/api/v1/notifications/<uuid:notification_id>/read"): EVERYONE,
+    ("POST", "/api/v1/notifications/read-all"): EVERYONE,
+    ("GET", "/api/v1/preferences"): EVERYONE,
+    ("PUT", "/api/v1/preferences"): EVERYONE,
+    ("GET", "/api/v1/deliveries"): ADMIN,
+    ("POST", "/api/v1/deliveries/<uuid:delivery_id>/retry"): ADMIN,
 }
 
 
@@ -244,6 +261,18 @@ def scoring_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[
     app.extensions["db"].dispose()
 
 
+@pytest.fixture(scope="module")
+def notify_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[Flask]:
+    from notify.models import Person
+
+    app = _app_that_knows(
+        create_notify, NotifySettings, "notify", people, Person,
+        migrated_database, rabbit_server.create_vhost, jwt_keys[1],
+    )  # fmt: skip
+    yield app
+    app.extensions["db"].dispose()
+
+
 def _check(app: Flask, table: dict, people: dict) -> None:
     routes = set(_rules(app))
     assert routes - set(table) == set(), "routes missing from the table (add them with roles)"
@@ -278,6 +307,10 @@ def test_every_dispatch_route_lets_in_exactly_the_roles_of_the_table(dispatch_ap
 
 def test_every_scoring_route_lets_in_exactly_the_roles_of_the_table(scoring_app, people):
     _check(scoring_app, SCORING, people)
+
+
+def test_every_notify_route_lets_in_exactly_the_roles_of_the_table(notify_app, people):
+    _check(notify_app, NOTIFY, people)
 
 
 def observed(app: Flask, people: dict) -> dict[tuple[str, str], frozenset[str]]:

@@ -22,6 +22,8 @@ from dispatch.settings import DispatchSettings
 from intake.app import create_app as create_intake
 from intake.models import User, Village
 from intake.settings import IntakeSettings
+from notify.app import create_app as create_notify
+from notify.settings import NotifySettings
 from shared.fields import NOT_TEXT
 
 EXAMPLES = settings(
@@ -72,6 +74,21 @@ def dispatch_app(migrated_database, rabbit_server, jwt_keys) -> Iterator:
 
 
 @pytest.fixture(scope="module")
+def notify_app(migrated_database, rabbit_server, jwt_keys) -> Iterator:
+    app = create_notify(
+        NotifySettings(
+            app_env="test",
+            database_url=migrated_database("notify", prefix="notify_fuzz"),
+            rabbitmq_url=rabbit_server.create_vhost("fuzz"),
+            jwt_public_key_file=jwt_keys[1],
+            log_format="text",
+        )
+    )
+    yield app
+    app.extensions["db"].dispose()
+
+
+@pytest.fixture(scope="module")
 def sign(issuer, intake_app):
     """``sign(["admin"])``: headers with a token for a user holding those roles (one per set of
     roles, held by intake, which refuses tokens of accounts it does not hold)."""
@@ -99,7 +116,13 @@ def dispatch_schema(dispatch_app):
     return schemathesis.openapi.from_wsgi("/openapi.json", dispatch_app)
 
 
+@pytest.fixture(scope="module")
+def notify_schema(notify_app):
+    return schemathesis.openapi.from_wsgi("/openapi.json", notify_app)
+
+
 intake_api = schemathesis.pytest.from_fixture("intake_schema")
+notify_api = schemathesis.pytest.from_fixture("notify_schema")
 dispatch_api = schemathesis.pytest.from_fixture("dispatch_schema")
 
 
@@ -114,6 +137,13 @@ def test_intake_answers_generated_requests_without_a_server_error(case, sign):
 @EXAMPLES
 def test_dispatch_answers_generated_requests_without_a_server_error(case, sign):
     for roles in (["admin"], ["resident"]):
+        case.call_and_validate(headers=sign(roles), checks=[not_a_server_error])
+
+
+@notify_api.parametrize()
+@EXAMPLES
+def test_notify_answers_generated_requests_without_a_server_error(case, sign):
+    for roles in (["resident"], ["admin"]):
         case.call_and_validate(headers=sign(roles), checks=[not_a_server_error])
 
 

@@ -85,6 +85,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
     # Web + worker; its worker consumes scoring.events (accounts, villages, the issue steps).
     ServiceSpec("scoring"),
+    # Web + worker; its worker turns every step into inbox rows (no channel switched on here).
+    ServiceSpec("notify"),
 )
 
 
@@ -517,6 +519,9 @@ class Township:
 
     def scoring(self, api: Api) -> Api:
         return api.on(self.harness.url("scoring"))
+
+    def notify(self, api: Api) -> Api:
+        return api.on(self.harness.url("notify"))
 
     def resident(self, code: str) -> Api:
         return resident_login(self.harness.url("intake"), code)

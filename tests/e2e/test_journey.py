@@ -1,10 +1,13 @@
-"""A real journey across intake, dispatch and scoring, over HTTP only, with every process running.
+"""A real journey across intake, dispatch, scoring and notify, over HTTP only, with every process
+running.
 
 A resident reports with a photo; the admin assigns it; the grid worker starts and resolves it;
 the resident is unsatisfied, so it is reopened with the village's area leader following; the
 worker resolves it again; the resident is satisfied and it closes in both services. The
 resident's timeline in intake and dispatch's history then tell the same story, step by step,
-and the worker's points for it stand on this month's leaderboard in scoring.
+and the worker's points for it stand on this month's leaderboard in scoring. notify tells each
+person their part: the admins and the grid's staff of the report, the worker of the assignment,
+the resident of the resolution, the area leader of the reopen.
 """
 
 from __future__ import annotations
@@ -91,6 +94,24 @@ def dispatch_shows(staff: Api, issue_id: str, state: str) -> dict:
     return wait_for(shown, timeout=TIMEOUT)
 
 
+def told(township: Township, who: Api, kind: str, issue_id: str) -> dict:
+    """Wait until ``who``'s inbox in notify holds a message of ``kind`` about the issue."""
+    inbox = township.notify(who)
+
+    def arrived():
+        items = inbox.get("/api/v1/notifications", params={"limit": 50})["items"]
+        return next(
+            (
+                n
+                for n in items
+                if n["kind"] == kind and n["link"] == {"type": "issue", "id": issue_id}
+            ),
+            None,
+        )
+
+    return wait_for(arrived, timeout=TIMEOUT)
+
+
 def test_a_report_travels_from_resident_to_worker_and_back_until_the_resident_is_satisfied(
     township: Township,
 ):
@@ -131,6 +152,8 @@ def test_a_report_travels_from_resident_to_worker_and_back_until_the_resident_is
     assert queued["village_id"] == township.village_id
     picture = township.admin.get(f"/api/v1/media/{photo['id']}")
     assert picture.headers["Content-Type"] == "image/jpeg"
+    reported = told(township, township.admin, "reported", issue_id)
+    assert created["ticket_no"] in reported["body"] and "用水用电" in reported["body"]
 
     # Assigned to the grid worker: difficulty 3, due in 24 hours.
     assigned = admin.post(
@@ -146,6 +169,8 @@ def test_a_report_travels_from_resident_to_worker_and_back_until_the_resident_is
         assigned["assigned_at"]
     )
     assert abs(due - timedelta(hours=24)) < timedelta(minutes=1)
+    task = told(township, township.worker, "assigned", issue_id)
+    assert "难度 3 级" in task["body"] and created["ticket_no"] in task["body"]
 
     # The worker finds it among their tasks, starts and resolves it.
     assert issue_id in {t["id"] for t in worker.pages("/api/v1/tasks/mine")}
@@ -158,6 +183,7 @@ def test_a_report_travels_from_resident_to_worker_and_back_until_the_resident_is
     # The resident sees it resolved, may rate it, and is not satisfied.
     seen = resident_sees(resident, issue_id, "resolved")
     assert seen["can_rate"] is True
+    assert "请对办理结果进行评价" in told(township, resident, "resolved", issue_id)["body"]
     assert seen["resolution_note"] == "已更换漏水的水管，路面冰已清理。"
     resident.post(
         f"/api/v1/issues/{issue_id}/rating",
@@ -174,6 +200,7 @@ def test_a_report_travels_from_resident_to_worker_and_back_until_the_resident_is
     assert reopen_step["action"] == "reopen"
     assert reopen_step["details"]["reason"] == "unsatisfied"
     assert reopen_step["details"]["area_leader_id"] == area_leader_id
+    assert "群众评价不满意" in told(township, township.area_leader, "reopened", issue_id)["body"]
     following = area_leader.pages("/api/v1/tasks/mine", following="true")
     assert issue_id in {i["id"] for i in following}
     back = resident_sees(resident, issue_id, "reopened")

@@ -7,6 +7,7 @@ queue (read page by page), in its ``issues`` table, and with one ``report`` step
 - intake's worker relays intake's outbox: killed, the rows it had not marked sent go again
   (perhaps twice), and dispatch's inbox must swallow the repeats.
 - dispatch's worker consumes: killed, its unacked messages come back from the broker.
+- notify's worker consumes too: killed, the admin is still told of each report exactly once.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Stream(threading.Thread):
         return check
 
 
-@pytest.mark.parametrize("service", ["dispatch", "intake"])
+@pytest.mark.parametrize("service", ["dispatch", "intake", "notify"])
 def test_fifty_reports_reach_dispatch_exactly_once_when_a_worker_is_killed_mid_stream(
     township: Township, service: str
 ):
@@ -134,3 +135,20 @@ def test_fifty_reports_reach_dispatch_exactly_once_when_a_worker_is_killed_mid_s
         timeout=30,
     )
     assert harness.message_count("dispatch.events.dlq") == 0
+
+    # notify told the admin of each report exactly once (an inbox row per event and person).
+    admin_id = township.admin.user["id"]
+
+    def told_of_all():
+        rows = harness.rows(
+            "notify",
+            "SELECT link_id, count(*) FROM notifications WHERE user_id = :u AND kind = 'reported' "
+            "GROUP BY link_id",
+            u=admin_id,
+        )
+        mine = {link: n for link, n in rows if link in set(stream.created)}
+        return mine if len(mine) == REPORTS else None
+
+    told = wait_for(told_of_all, timeout=45, interval=0.25)
+    assert all(n == 1 for n in told.values()), told
+    assert harness.message_count("notify.events.dlq") == 0

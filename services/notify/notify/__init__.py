@@ -1,0 +1,1 @@
+"""notify: the inbox, message templates and delivery channels of Service365."""
