@@ -226,27 +226,26 @@ def tell(
     if not wanted:
         return 0
     made = session.execute(
-        _insert(session, Notification)
-        .values(
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "user_id": user_id,
-                    "event_id": event.id,
-                    "event_type": event.type,
-                    "kind": kind,
-                    "title": rendered.title,
-                    "body": rendered.body,
-                    "link_type": link.type,
-                    "link_id": str(link.id) if link.id is not None else None,
-                    "variables": stored,
-                    "created_at": now,
-                }
-                for user_id in wanted
-            ]
-        )
+        _insert(session, Notification.__table__)
         .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
-        .returning(Notification.id, Notification.user_id)
+        .returning(Notification.__table__.c.id, Notification.__table__.c.user_id),
+        [
+            {
+                "id": uuid.uuid4(),
+                "user_id": user_id,
+                "event_id": event.id,
+                "event_type": event.type,
+                "kind": kind,
+                "title": rendered.title,
+                "body": rendered.body,
+                "link_type": link.type,
+                "link_id": str(link.id) if link.id is not None else None,
+                "variables": stored,
+                "created_at": now,
+                "read_at": None,
+            }
+            for user_id in wanted
+        ],
     ).all()
     if not made:
         return 0  # this event told everyone already
@@ -278,9 +277,10 @@ def tell(
             )
     if rows:
         session.execute(
-            _insert(session, Delivery)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["event_id", "user_id", "channel"])
+            _insert(session, Delivery.__table__).on_conflict_do_nothing(
+                index_elements=["event_id", "user_id", "channel"]
+            ),
+            rows,
         )
     return len(made)
 
