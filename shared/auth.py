@@ -191,6 +191,33 @@ def refusal_reason(
     return None
 
 
+def snapshot_account_check(
+    db: Any, model: type, *, known: Callable[[Any], bool] = lambda row: True
+) -> AccountCheck:
+    """The account check of a service that keeps accounts as ``account.upserted`` tells it
+    (a ``model`` row per user with ``active``, ``roles`` and ``tokens_valid_after``): a token
+    whose account has since been disabled, demoted or re-passworded is refused; an account not
+    heard of yet (``None``, or a row ``known`` says is only a placeholder) is let in on its
+    signed token alone, since its event may still be on the way.
+
+    Example: ``snapshot_account_check(db, Person, known=lambda p: p.account_known)``.
+    """
+
+    def check(principal: Principal) -> str | None:
+        with db.transaction() as session:
+            row = session.get(model, principal.id)
+            if row is None or not known(row):
+                return None
+            return refusal_reason(
+                principal,
+                active=row.active,
+                roles=row.roles or [],
+                tokens_valid_after=row.tokens_valid_after,
+            )
+
+    return check
+
+
 def init_auth(
     app: Flask, verifier: TokenVerifier, account_check: AccountCheck | None = None
 ) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -132,3 +132,30 @@ def load_settings(cls: type[S], **overrides: object) -> S:
         )
         print(f"配置错误 / invalid settings for {cls.__name__}: {problems}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class SettingsHolder(Generic[S]):
+    """Which settings a service's event handlers use: the app's inside a request, else those a
+    worker (or a test) gave with ``use``, else read once from the environment.
+
+    Example (a service's ``handlers.py``)::
+
+        _settings = SettingsHolder(NotifySettings)
+        settings, use_settings = _settings.get, _settings.use
+    """
+
+    def __init__(self, cls: type[S]) -> None:
+        self.cls = cls
+        self.value: S | None = None
+
+    def get(self) -> S:
+        from flask import current_app, has_app_context
+
+        if has_app_context() and isinstance(current_app.extensions.get("settings"), self.cls):
+            return current_app.extensions["settings"]
+        if self.value is None:
+            self.value = load_settings(self.cls)
+        return self.value
+
+    def use(self, value: S | None) -> None:
+        self.value = value

@@ -18,12 +18,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
+
+T = TypeVar("T")
 
 
 def _answers(host: str, port: int) -> bool:
@@ -50,6 +53,47 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def at(text: str) -> datetime:
+    """``at("2026-11-30T15:59:59Z")``: an aware UTC time, for tests that pin the clock."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def envelope(
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    occurred_at: datetime | None = None,
+    event_id: uuid.UUID | None = None,
+    producer: str = "dispatch",
+):
+    """An event as the consumer hands it to a handler (``shared.events.Envelope``)."""
+    from shared.events import Envelope
+
+    return Envelope(
+        id=event_id or uuid.uuid4(),
+        type=event_type,
+        version=1,
+        occurred_at=occurred_at or datetime.now(UTC),
+        producer=producer,
+        correlation_id=str(uuid.uuid4()),
+        data=data,
+    )
+
+
+def settings_for_test(cls: type[T], database_url: str, jwt_keys, **overrides: Any) -> T:
+    """A service's settings for an in-process test: its database, the local broker, the test
+    key pair, plain-text logs; ``overrides`` by field name."""
+    values: dict[str, Any] = {
+        "app_env": "test",
+        "database_url": database_url,
+        "rabbitmq_url": "amqp://guest:guest@127.0.0.1:5672/%2F",
+        "jwt_public_key_file": jwt_keys[1],
+        "log_format": "text",
+    }
+    values.update(overrides)
+    return cls(**values)
 
 
 @dataclass

@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import flask_swagger_ui
 import pika
-from flask import Flask, Response, g, jsonify, request, send_from_directory
+from flask import Flask, Response, current_app, g, jsonify, request, send_from_directory
 from flask_smorest import Api
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -30,7 +33,7 @@ import shared.i18n  # noqa: F401 - Chinese validation messages
 from shared.auth import AccountCheck, TokenVerifier, init_auth
 from shared.consumer import Handler
 from shared.db import Database
-from shared.errors import http_error_response, register_error_handlers
+from shared.errors import Conflict, http_error_response, register_error_handlers
 from shared.logging import configure_logging, correlation_id
 from shared.metrics import ScrapeGauge, ScrapeTimeGauges, init_http_metrics, metrics_response
 from shared.relay import oldest_pending_seconds, pending_count
@@ -233,3 +236,14 @@ def create_service_app(
         return metrics_response(gauges)
 
     return app, api
+
+
+@contextmanager
+def request_transaction() -> Iterator[Session]:
+    """The request's transaction on the app's database; a lost race on a unique key (two
+    requests inserting the same row at once) is a 409 with a message, never a 500."""
+    try:
+        with current_app.extensions["db"].transaction() as session:
+            yield session
+    except IntegrityError:
+        raise Conflict("数据已被他人同时修改，请刷新后重试。", code="integrity_conflict") from None

@@ -8,7 +8,7 @@ from flask import Flask
 
 from dispatch.models import Base, Staff
 from dispatch.settings import DispatchSettings
-from shared.auth import AccountCheck, Principal, refusal_reason
+from shared.auth import snapshot_account_check
 from shared.db import Database
 from shared.metrics import ScrapeGauge
 from shared.settings import load_settings
@@ -39,26 +39,6 @@ def _overdue(db: Database) -> Callable[[], float]:
     return read
 
 
-def _account_check(db: Database) -> AccountCheck:
-    """Refuse a token whose account intake has since disabled, demoted or re-passworded, as told
-    by the staff snapshot kept from ``account.upserted``. An account the snapshot has not heard
-    of yet (its event still on the way) is let in on its signed token alone."""
-
-    def check(principal: Principal) -> str | None:
-        with db.transaction() as session:
-            staff = session.get(Staff, principal.id)
-            if staff is None:
-                return None
-            return refusal_reason(
-                principal,
-                active=staff.active,
-                roles=staff.roles or [],
-                tokens_valid_after=staff.tokens_valid_after,
-            )
-
-    return check
-
-
 def create_app(settings: DispatchSettings | None = None) -> Flask:
     """Build the dispatch web app; nothing connects until the first request needs it."""
     settings = settings or load_settings(DispatchSettings)
@@ -70,7 +50,7 @@ def create_app(settings: DispatchSettings | None = None) -> Flask:
         db,
         title="Service365 dispatch 网格化管理",
         subscriptions=SUBSCRIPTIONS,
-        account_check=_account_check(db),
+        account_check=snapshot_account_check(db, Staff),
         scrape_gauges=[
             ScrapeGauge("issues_overdue", "Open work items past their deadline", _overdue(db)),
             ScrapeGauge(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 
-from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, fields
 from sqlalchemy.orm import Session
 
@@ -24,7 +23,7 @@ from dispatch import services
 from dispatch.settings import DispatchSettings
 from shared.errors import Conflict
 from shared.events import Envelope
-from shared.settings import load_settings
+from shared.settings import SettingsHolder
 
 log = logging.getLogger("dispatch.handlers")
 
@@ -83,23 +82,9 @@ class AccountData(_Tolerant):
     tokens_valid_after = fields.AwareDateTime(load_default=None, allow_none=True)
 
 
-_settings: DispatchSettings | None = None
-
-
-def settings() -> DispatchSettings:
-    """The service's settings (the app's inside a request, else read once from the environment)."""
-    global _settings
-    if has_app_context() and isinstance(current_app.extensions.get("settings"), DispatchSettings):
-        return current_app.extensions["settings"]
-    if _settings is None:
-        _settings = load_settings(DispatchSettings)
-    return _settings
-
-
-def use_settings(value: DispatchSettings | None) -> None:
-    """Let the worker (or a test) say which settings the handlers use."""
-    global _settings
-    _settings = value
+_settings = SettingsHolder(DispatchSettings)
+# The service's settings (the app's inside a request, else the worker's or the environment's).
+settings, use_settings = _settings.get, _settings.use
 
 
 def handle_issue_reported(session: Session, event: Envelope) -> None:

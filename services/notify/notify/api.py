@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from flask import current_app
 from flask_smorest import Blueprint
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from notify import deliveries, services
 from notify.schemas import (
@@ -27,7 +23,7 @@ from notify.schemas import (
 )
 from notify.settings import NotifySettings
 from shared.auth import current_principal, require_roles
-from shared.errors import Conflict
+from shared.web import request_transaction
 
 blp = Blueprint("notify", __name__, url_prefix="/api/v1", description="消息通知 Notify")
 BEARER = [{"bearerAuth": []}]
@@ -37,14 +33,7 @@ def _settings() -> NotifySettings:
     return current_app.extensions["settings"]
 
 
-@contextmanager
-def _transaction() -> Iterator[Session]:
-    """The request's transaction; a lost race on a unique key is a 409, not a 500."""
-    try:
-        with current_app.extensions["db"].transaction() as session:
-            yield session
-    except IntegrityError:
-        raise Conflict("数据已被他人同时修改，请刷新后重试。", code="integrity_conflict") from None
+_transaction = request_transaction
 
 
 def _me():

@@ -7,7 +7,7 @@ from flask import Flask
 from notify import services
 from notify.models import Base, Person
 from notify.settings import NotifySettings
-from shared.auth import AccountCheck, Principal, refusal_reason
+from shared.auth import AccountCheck, snapshot_account_check
 from shared.db import Database
 from shared.metrics import ScrapeGauge
 from shared.settings import load_settings
@@ -18,23 +18,10 @@ def make_database(settings: NotifySettings) -> Database:
     return Database(settings.sqlalchemy_url, metadata=Base.metadata, producer="notify")
 
 
-def _account_check(db: Database) -> AccountCheck:
-    """Refuse a token whose account intake has since disabled, demoted or re-passworded (as told
-    by ``account.upserted``); an account not heard of yet is let in on its signed token."""
-
-    def check(principal: Principal) -> str | None:
-        with db.transaction() as session:
-            person = session.get(Person, principal.id)
-            if person is None or person.revision is None:
-                return None
-            return refusal_reason(
-                principal,
-                active=person.active,
-                roles=person.roles or [],
-                tokens_valid_after=person.tokens_valid_after,
-            )
-
-    return check
+def account_check(db: Database) -> AccountCheck:
+    """Tokens checked against the accounts notify heard of (a person made from an event before
+    their account's own event has no revision yet and is let in on the signed token)."""
+    return snapshot_account_check(db, Person, known=lambda p: p.revision is not None)
 
 
 def create_app(settings: NotifySettings | None = None) -> Flask:
@@ -48,7 +35,7 @@ def create_app(settings: NotifySettings | None = None) -> Flask:
         db,
         title="Service365 notify 消息通知",
         subscriptions=SUBSCRIPTIONS,
-        account_check=_account_check(db),
+        account_check=account_check(db),
         scrape_gauges=[
             ScrapeGauge(
                 "deliveries_pending",

@@ -12,7 +12,6 @@ Notify publishes no events.
 
 from __future__ import annotations
 
-from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, fields
 from sqlalchemy.orm import Session
 
@@ -21,7 +20,7 @@ from notify.services import Link
 from notify.settings import NotifySettings
 from notify.templates import level_label, period_label, rating_label
 from shared.events import Envelope
-from shared.settings import load_settings
+from shared.settings import SettingsHolder
 
 REOPEN_REASONS = {
     "unsatisfied": "群众评价不满意",
@@ -128,23 +127,9 @@ class NewsData(_Tolerant):
     title = _text()
 
 
-_settings: NotifySettings | None = None
-
-
-def settings() -> NotifySettings:
-    """The service's settings (the app's inside a request, else read once from the environment)."""
-    global _settings
-    if has_app_context() and isinstance(current_app.extensions.get("settings"), NotifySettings):
-        return current_app.extensions["settings"]
-    if _settings is None:
-        _settings = load_settings(NotifySettings)
-    return _settings
-
-
-def use_settings(value: NotifySettings | None) -> None:
-    """Let the worker (or a test) say which settings the handlers use."""
-    global _settings
-    _settings = value
+_settings = SettingsHolder(NotifySettings)
+# The service's settings (the app's inside a request, else the worker's or the environment's).
+settings, use_settings = _settings.get, _settings.use
 
 
 def _step(session: Session, event: Envelope):

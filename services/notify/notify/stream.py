@@ -48,7 +48,7 @@ from flask_smorest import Blueprint
 from prometheus_client import Gauge
 
 from notify import services
-from notify.app import _account_check, make_database
+from notify.app import account_check, make_database
 from notify.models import Notification
 from notify.settings import NotifySettings
 from shared.auth import current_principal
@@ -482,7 +482,7 @@ def create_stream_app(settings: NotifySettings | None = None) -> Flask:
         settings,
         db,
         title="Service365 notify stream 实时消息推送",
-        account_check=_account_check(db),
+        account_check=account_check(db),
     )
     reserved = min(RESERVED_THREADS, settings.stream_threads // 10)
     hub = StreamHub(

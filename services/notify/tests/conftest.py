@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from notify_helpers import Person, envelope, settings_with
+from notify_helpers import Person, settings_with
 
 from notify.app import create_app
 from notify.handlers import SUBSCRIPTIONS, handle_account_upserted, use_settings
 from notify.settings import NotifySettings
+from shared.testing import envelope
 
 
 @pytest.fixture

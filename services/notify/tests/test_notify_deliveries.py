@@ -21,7 +21,6 @@ from fake_providers import (
     channel_settings,
     wechat_error,
 )
-from notify_helpers import at
 from prometheus_client import REGISTRY
 
 from notify import deliveries
@@ -30,6 +29,7 @@ from notify.models import Base, Delivery, Preference
 from shared.clock import SHANGHAI
 from shared.db import Database
 from shared.errors import Conflict, NotFound
+from shared.testing import at
 
 
 @pytest.fixture

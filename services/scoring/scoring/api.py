@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 from flask import Response, current_app
 from flask_smorest import Blueprint
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from scoring import boards, services
 from scoring.schemas import (
@@ -28,7 +24,7 @@ from scoring.schemas import (
 from scoring.settings import ScoringSettings
 from shared.auth import current_principal, require_roles
 from shared.clock import utcnow
-from shared.errors import Conflict
+from shared.web import request_transaction
 
 blp = Blueprint("scoring", __name__, url_prefix="/api/v1", description="积分排行 Scoring")
 BEARER = [{"bearerAuth": []}]
@@ -43,14 +39,7 @@ def _settings() -> ScoringSettings:
     return current_app.extensions["settings"]
 
 
-@contextmanager
-def _transaction() -> Iterator[Session]:
-    """The request's transaction; a lost race on a unique key is a 409, not a 500."""
-    try:
-        with current_app.extensions["db"].transaction() as session:
-            yield session
-    except IntegrityError:
-        raise Conflict("数据已被他人同时修改，请刷新后重试。", code="integrity_conflict") from None
+_transaction = request_transaction
 
 
 def _me():

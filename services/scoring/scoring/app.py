@@ -6,7 +6,7 @@ from flask import Flask
 
 from scoring.models import Base, Person
 from scoring.settings import ScoringSettings
-from shared.auth import AccountCheck, Principal, refusal_reason
+from shared.auth import snapshot_account_check
 from shared.db import Database
 from shared.settings import load_settings
 from shared.web import create_service_app
@@ -14,26 +14,6 @@ from shared.web import create_service_app
 
 def make_database(settings: ScoringSettings) -> Database:
     return Database(settings.sqlalchemy_url, metadata=Base.metadata, producer="scoring")
-
-
-def _account_check(db: Database) -> AccountCheck:
-    """Refuse a token whose account intake has since disabled, demoted or re-passworded (as told
-    by ``account.upserted``); an account not heard of yet (or only as a name on an issue event)
-    is let in on its signed token."""
-
-    def check(principal: Principal) -> str | None:
-        with db.transaction() as session:
-            person = session.get(Person, principal.id)
-            if person is None or not person.account_known:
-                return None
-            return refusal_reason(
-                principal,
-                active=person.active,
-                roles=person.roles or [],
-                tokens_valid_after=person.tokens_valid_after,
-            )
-
-    return check
 
 
 def create_app(settings: ScoringSettings | None = None) -> Flask:
@@ -47,7 +27,7 @@ def create_app(settings: ScoringSettings | None = None) -> Flask:
         db,
         title="Service365 scoring 积分排行",
         subscriptions=SUBSCRIPTIONS,
-        account_check=_account_check(db),
+        account_check=snapshot_account_check(db, Person, known=lambda p: p.account_known),
     )
 
     from scoring import api as routes

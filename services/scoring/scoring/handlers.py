@@ -12,14 +12,13 @@ leaderboard.published.
 
 from __future__ import annotations
 
-from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, fields
 from sqlalchemy.orm import Session
 
 from scoring import services
 from scoring.settings import ScoringSettings
 from shared.events import Envelope
-from shared.settings import load_settings
+from shared.settings import SettingsHolder
 
 
 class _Tolerant(Schema):
@@ -108,23 +107,9 @@ class VillageData(_Tolerant):
     revision = fields.Integer(load_default=0, allow_none=True)
 
 
-_settings: ScoringSettings | None = None
-
-
-def settings() -> ScoringSettings:
-    """The service's settings (the app's inside a request, else read once from the environment)."""
-    global _settings
-    if has_app_context() and isinstance(current_app.extensions.get("settings"), ScoringSettings):
-        return current_app.extensions["settings"]
-    if _settings is None:
-        _settings = load_settings(ScoringSettings)
-    return _settings
-
-
-def use_settings(value: ScoringSettings | None) -> None:
-    """Let the worker (or a test) say which settings the handlers use."""
-    global _settings
-    _settings = value
+_settings = SettingsHolder(ScoringSettings)
+# The service's settings (the app's inside a request, else the worker's or the environment's).
+settings, use_settings = _settings.get, _settings.use
 
 
 def handle_issue_reported(session: Session, event: Envelope) -> None:

@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from scoring_helpers import Person, envelope, settings_with
+from scoring_helpers import Person, settings_with
 
 from scoring.app import create_app
 from scoring.handlers import SUBSCRIPTIONS, handle_account_upserted, use_settings
 from scoring.settings import ScoringSettings
+from shared.testing import envelope
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from openpyxl import load_workbook
-from scoring_helpers import Dispatch, at
+from scoring_helpers import Dispatch
 
 from scoring import boards, domain
 from scoring.models import ScoreTotal
+from shared.testing import at
 
 VILLAGE_A, VILLAGE_B = uuid.uuid4(), uuid.uuid4()
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pika
 import pytest
 import sqlalchemy as sa
-from scoring_helpers import Dispatch, at, settings_with
+from scoring_helpers import Dispatch, settings_with
 
 from scoring.app import create_app
 from scoring.handlers import SUBSCRIPTIONS, use_settings
@@ -20,7 +20,7 @@ from scoring.models import Issue, PointsEntry, ScoreTotal
 from shared.consumer import Consumer
 from shared.events import make_envelope
 from shared.relay import OutboxRelay
-from shared.testing import wait_for
+from shared.testing import at, wait_for
 
 EXCHANGE = "service365.events"
 

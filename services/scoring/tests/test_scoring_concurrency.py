@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from scoring_helpers import Dispatch, at, envelope
+from scoring_helpers import Dispatch
 
 from scoring.handlers import SUBSCRIPTIONS
 from scoring.models import ScoreTotal
+from shared.testing import at, envelope
 
 
 def test_resolutions_applied_by_parallel_consumers_add_up_in_the_totals(db, person) -> None:

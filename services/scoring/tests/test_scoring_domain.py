@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from scoring_helpers import at
 
 from scoring import domain
+from shared.testing import at
 
 WEIGHTS = {"response_rate": 30, "on_time_rate": 35, "satisfaction_rate": 35}
 

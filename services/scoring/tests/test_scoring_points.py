@@ -6,11 +6,12 @@ import uuid
 from datetime import timedelta
 
 import sqlalchemy as sa
-from scoring_helpers import Dispatch, at
+from scoring_helpers import Dispatch
 
 from scoring.domain import local_day
 from scoring.models import PointsEntry, ScoreTotal
 from shared.clock import utcnow
+from shared.testing import at
 
 
 def entries(db, user_id: uuid.UUID) -> list[PointsEntry]:
