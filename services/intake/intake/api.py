@@ -80,17 +80,19 @@ def upload_media():
 
 
 @blp.get("/media/<uuid:media_id>")
-@require_roles()
-@blp.doc(security=BEARER)
+@blp.doc(security=[{}, {"bearerAuth": []}])
 @blp.arguments(MediaQuery, location="query")
 def get_media(query, media_id: uuid.UUID):
-    """A photo (``?size=thumb`` for the thumbnail), for those who may see its report."""
+    """A photo (``?size=thumb`` for the thumbnail), for those who may see its report; a photo of
+    published news or a party post for anyone, without signing in."""
     with _db().transaction() as session:
-        data, content_type = services.read_photo(
-            session, _storage(), current_principal(), media_id, query["size"]
+        data, content_type, public = services.read_photo(
+            session, _storage(), current_principal(optional=True), media_id, query["size"]
         )
     response = Response(data, mimetype=content_type)
-    response.headers["Cache-Control"] = "private, max-age=3600"
+    response.headers["Cache-Control"] = (
+        "public, max-age=3600" if public else "private, max-age=3600"
+    )
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 

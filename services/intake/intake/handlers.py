@@ -6,6 +6,8 @@ Events may arrive out of order after retries. dispatch's events carry ``issue_ve
 than the one held (``Issue.dispatch_version``), so a late event never undoes a newer one and
 fields only it carried are still right. An event without them (an older dispatch) is judged by
 its time (``Issue.state_changed_at``). Every step still lands in the timeline once.
+
+From feed, ``news.published`` and ``post.published`` make the photos they show public.
 """
 
 from __future__ import annotations
@@ -426,6 +428,62 @@ def handle_village_upserted(session: Session, event: Envelope) -> None:
         village.revision = revision
 
 
+class NewsPublishedData(Schema):
+    """feed's ``news.published``: the photos the article shows and who put them there."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.UUID(required=True)
+    author_id = fields.UUID(load_default=None, allow_none=True)
+    published_by = fields.UUID(load_default=None, allow_none=True)
+    cover_media_id = fields.UUID(load_default=None, allow_none=True)
+    media_ids = fields.List(fields.UUID(), load_default=list)
+    editor_ids = fields.List(fields.UUID(), load_default=list)
+
+
+class PostPublishedData(Schema):
+    """feed's ``post.published``: the post's photos and its author."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.UUID(required=True)
+    author_id = fields.UUID(load_default=None, allow_none=True)
+    photo_ids = fields.List(fields.UUID(), load_default=list)
+
+
+def _make_public(
+    session: Session, media_ids: list[uuid.UUID], uploaders: set[uuid.UUID], what: str
+) -> None:
+    """Show these photos to anyone: only those uploaded by one of ``uploaders`` (the people who
+    published them) and attached to no report, so a post can never publish a resident's report
+    photo; any other id is ignored and logged."""
+    if not media_ids:
+        return
+    found = session.scalars(sa.select(Media).where(Media.id.in_(media_ids)).with_for_update())
+    for media in found:
+        if media.issue_id is None and media.uploader_id in uploaders:
+            media.public = True
+        else:
+            log.warning("%s names photo %s it may not publish; left private", what, media.id)
+
+
+def handle_news_published(session: Session, event: Envelope) -> None:
+    """The photos of published news become public (its cover and the body's images)."""
+    data = NewsPublishedData().load(event.data)
+    ids = list(data["media_ids"]) + ([data["cover_media_id"]] if data["cover_media_id"] else [])
+    people = {data["author_id"], data["published_by"], *data["editor_ids"]} - {None}
+    _make_public(session, ids, people, f"news {data['id']}")
+
+
+def handle_post_published(session: Session, event: Envelope) -> None:
+    """The photos of a party post become public."""
+    data = PostPublishedData().load(event.data)
+    people = {data["author_id"]} - {None}
+    _make_public(session, list(data["photo_ids"]), people, f"post {data['id']}")
+
+
 SUBSCRIPTIONS = {
     "issue.assigned": handle_issue_assigned,
     "issue.started": handle_issue_started,
@@ -438,4 +496,6 @@ SUBSCRIPTIONS = {
     "issue.callback_recorded": handle_issue_callback_recorded,
     "issue.withdrawal_declined": handle_issue_withdrawal_declined,
     "village.upserted": handle_village_upserted,
+    "news.published": handle_news_published,
+    "post.published": handle_post_published,
 }

@@ -108,6 +108,9 @@ class Media(Base):
     storage_key: Mapped[str] = mapped_column(sa.String(255))
     thumb_key: Mapped[str] = mapped_column(sa.String(255))
     issue_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    # Shown to anyone, signed in or not: a photo of published news or a party post (feed's
+    # ``news.published`` / ``post.published``), never one attached to a report.
+    public: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -31,7 +31,14 @@ from intake.settings import IntakeSettings
 from shared.auth import Principal
 from shared.clock import local_text, utcnow
 from shared.db import Database, after_commit
-from shared.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
 from shared.events import emit
 from shared.pagination import keyset_page
 
@@ -515,14 +522,26 @@ def upload_photo(
 
 
 def read_photo(
-    session: Session, storage: MediaStorage, viewer: Principal, media_id: uuid.UUID, size: str
-) -> tuple[bytes, str]:
-    """A photo for its uploader, staff, or the reporter of the issue it belongs to; else 404."""
+    session: Session,
+    storage: MediaStorage,
+    viewer: Principal | None,
+    media_id: uuid.UUID,
+    size: str,
+) -> tuple[bytes, str, bool]:
+    """A photo for its uploader, staff, or the reporter of the issue it belongs to; else 404.
+    A public photo (published news, a party post) for anyone, signed in or not; anyone else
+    without a token is asked to sign in (401), so it tells nothing about which photos exist.
+    Also says whether the photo is public (it may then be cached by anyone)."""
     media = session.get(Media, media_id)
+    if media is not None and media.public:
+        key = media.thumb_key if size == "thumb" else media.storage_key
+        return storage.get(key), content_type_for_key(key), True
+    if viewer is None:
+        raise Unauthorized()
     if media is None or not scopes.may_see_media(session, viewer, media):
         raise NotFound("未找到该照片。")
     key = media.thumb_key if size == "thumb" else media.storage_key
-    return storage.get(key), content_type_for_key(key)
+    return storage.get(key), content_type_for_key(key), False
 
 
 # --- the reporter follows up: details (补充说明), urging (催办), withdrawal (撤回) --------------
