@@ -6,7 +6,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-SERVICES := intake dispatch scoring notify
+SERVICES := intake dispatch scoring notify feed
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

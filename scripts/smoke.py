@@ -5,7 +5,8 @@ Idempotency-Key, reads the report back, checks another resident gets 404, sends 
 reads the ``issue.reported`` envelope from a queue bound to the exchange; then dispatch and
 scoring answer ``/readyz`` and scoring's leaderboard of this month is read with the resident's
 token (and refused without one); notify answers ``/readyz``, the resident's inbox and unread
-count are read (refused without a token), and the stream sends its first ``unread`` event.
+count are read (refused without a token), and the stream sends its first ``unread`` event;
+feed's news are read without a token and its party posts only with one.
 Exits 1 on any failure.
 """
 
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--dispatch", default="http://127.0.0.1:8002")
     parser.add_argument("--scoring", default="http://127.0.0.1:8003")
     parser.add_argument("--notify", default="http://127.0.0.1:8005")
+    parser.add_argument("--feed", default="http://127.0.0.1:8004")
     parser.add_argument("--stream", default="http://127.0.0.1:8015")
     parser.add_argument("--amqp", default="amqp://guest:guest@localhost:5672/%2F")
     parser.add_argument("--exchange", default="service365.events")
@@ -157,6 +159,7 @@ def main() -> int:
         ("dispatch", args.dispatch),
         ("scoring", args.scoring),
         ("notify", args.notify),
+        ("feed", args.feed),
     ):
         try:
             ready = requests.get(f"{url.rstrip('/')}/readyz", timeout=10).status_code
@@ -199,6 +202,17 @@ def main() -> int:
     except requests.RequestException as exc:
         first = type(exc).__name__
     check(first == "event: unread", f"notify stream's first event -> {first!r}")
+    feed = args.feed.rstrip("/")
+    news = requests.get(f"{feed}/api/v1/news", timeout=10)
+    items = news.json().get("items", []) if news.ok else []
+    check(news.status_code == 200, f"feed news without a token -> {news.status_code}")
+    print(f"     {len(items)} news on the first page (demo data: make run / make up load some)")
+    posts = requests.get(f"{feed}/api/v1/posts", headers=alice, timeout=10)
+    check(posts.status_code == 200, f"feed party posts for a resident -> {posts.status_code}")
+    anonymous = requests.get(f"{feed}/api/v1/posts", timeout=10)
+    check(
+        anonymous.status_code == 401, f"feed party posts without a token -> {anonymous.status_code}"
+    )
     failed = [what for ok, what in results if not ok]
     print(f"\n{len(results) - len(failed)}/{len(results)} checks passed")
     return 1 if failed else 0

@@ -1,4 +1,4 @@
-"""Every route of intake, dispatch, scoring and notify, called by every role and by nobody,
+"""Every route of intake, dispatch, scoring, notify and feed, called by every role and by nobody,
 against the tables below.
 
 The table is the access policy in one place (DESIGN.md's roles): for each route, the roles that
@@ -22,6 +22,8 @@ from flask import Flask
 
 from dispatch.app import create_app as create_dispatch
 from dispatch.settings import DispatchSettings
+from feed.app import create_app as create_feed
+from feed.settings import FeedSettings
 from intake.app import create_app as create_intake
 from intake.settings import IntakeSettings
 from notify.app import create_app as create_notify
@@ -151,6 +153,38 @@ NOTIFY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/deliveries/<uuid:delivery_id>/retry"): ADMIN,
 }
 
+# feed: news reads are public; writers are publicists and admins, publishing and moderation
+# admins'; the party feed is read by everyone signed in and written by party members, grid
+# leaders and admins (an author deletes their own post: others get 403 inside).
+WRITERS = frozenset({"admin", "publicist"})
+FEED: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/api/v1/news"): PUBLIC,
+    ("POST", "/api/v1/news"): WRITERS,
+    ("GET", "/api/v1/news/desk"): WRITERS,
+    ("GET", "/api/v1/news/<uuid:article_id>"): PUBLIC,
+    ("PATCH", "/api/v1/news/<uuid:article_id>"): WRITERS,
+    ("GET", "/api/v1/news/<uuid:article_id>/edit"): WRITERS,
+    ("POST", "/api/v1/news/<uuid:article_id>/submit"): WRITERS,
+    ("POST", "/api/v1/news/<uuid:article_id>/archive"): WRITERS,
+    ("POST", "/api/v1/news/<uuid:article_id>/publish"): ADMIN,
+    ("POST", "/api/v1/news/<uuid:article_id>/return"): ADMIN,
+    ("GET", "/api/v1/news/<uuid:article_id>/comments"): PUBLIC,
+    ("POST", "/api/v1/news/<uuid:article_id>/comments"): EVERYONE,
+    ("GET", "/api/v1/moderation/comments"): ADMIN,
+    ("POST", "/api/v1/comments/<uuid:comment_id>/hide"): ADMIN,
+    ("POST", "/api/v1/comments/<uuid:comment_id>/restore"): ADMIN,
+    ("GET", "/api/v1/posts"): EVERYONE,
+    ("POST", "/api/v1/posts"): frozenset({"admin", "grid_leader", "party_member"}),
+    ("GET", "/api/v1/posts/<uuid:post_id>"): EVERYONE,
+    ("DELETE", "/api/v1/posts/<uuid:post_id>"): EVERYONE,
+    ("POST", "/api/v1/posts/<uuid:post_id>/hide"): ADMIN,
+    ("POST", "/api/v1/posts/<uuid:post_id>/restore"): ADMIN,
+    ("PUT", "/api/v1/posts/<uuid:post_id>/like"): EVERYONE,
+    ("DELETE", "/api/v1/posts/<uuid:post_id>/like"): EVERYONE,
+    ("GET", "/api/v1/posts/<uuid:post_id>/comments"): EVERYONE,
+    ("POST", "/api/v1/posts/<uuid:post_id>/comments"): EVERYONE,
+}
+
 
 def _rules(app: Flask) -> Iterator[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
@@ -273,6 +307,18 @@ def notify_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[F
     app.extensions["db"].dispose()
 
 
+@pytest.fixture(scope="module")
+def feed_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[Flask]:
+    from feed.models import Person
+
+    app = _app_that_knows(
+        create_feed, FeedSettings, "feed", people, Person,
+        migrated_database, rabbit_server.create_vhost, jwt_keys[1],
+    )  # fmt: skip
+    yield app
+    app.extensions["db"].dispose()
+
+
 def _check(app: Flask, table: dict, people: dict) -> None:
     routes = set(_rules(app))
     assert routes - set(table) == set(), "routes missing from the table (add them with roles)"
@@ -311,6 +357,10 @@ def test_every_scoring_route_lets_in_exactly_the_roles_of_the_table(scoring_app,
 
 def test_every_notify_route_lets_in_exactly_the_roles_of_the_table(notify_app, people):
     _check(notify_app, NOTIFY, people)
+
+
+def test_every_feed_route_lets_in_exactly_the_roles_of_the_table(feed_app, people):
+    _check(feed_app, FEED, people)
 
 
 def observed(app: Flask, people: dict) -> dict[tuple[str, str], frozenset[str]]:

@@ -87,6 +87,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("scoring"),
     # Web + worker; its worker turns every step into inbox rows (no channel switched on here).
     ServiceSpec("notify"),
+    # Web + worker; its worker consumes feed.events (accounts, villages, the monthly board).
+    ServiceSpec("feed"),
 )
 
 
@@ -522,6 +524,9 @@ class Township:
 
     def notify(self, api: Api) -> Api:
         return api.on(self.harness.url("notify"))
+
+    def feed(self, api: Api) -> Api:
+        return api.on(self.harness.url("feed"))
 
     def resident(self, code: str) -> Api:
         return resident_login(self.harness.url("intake"), code)
