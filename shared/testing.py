@@ -120,13 +120,20 @@ class PostgresServer:
         self.created.append(name)
         return self.url(name)
 
-    def drop_all(self) -> None:
+    def drop(self, names: list[str]) -> None:
+        """Drop these test databases now (``WITH (FORCE)``: a process the test left running may
+        still be connected)."""
+        if not names:
+            return
         engine = sa.create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            for name in self.created:
+            for name in names:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()
-        self.created.clear()
+        self.created = [n for n in self.created if n not in set(names)]
+
+    def drop_all(self) -> None:
+        self.drop(list(self.created))
 
 
 @dataclass
@@ -296,9 +303,20 @@ def migrated_database(
 
 
 @pytest.fixture
-def fresh_database(migrated_database: Callable[..., str]) -> Callable[[str], str]:
-    """``fresh_database("intake")``: a new database at the service's head for this test."""
-    return migrated_database
+def fresh_database(
+    migrated_database: Callable[..., str], postgres_server: PostgresServer
+) -> Iterator[Callable[[str], str]]:
+    """``fresh_database("intake")``: a new database at the service's head for this test,
+    dropped when the test ends (so the session does not end with hundreds left to drop)."""
+    made: list[str] = []
+
+    def make(service: str, prefix: str | None = None) -> str:
+        url = migrated_database(service, prefix)
+        made.append(url.rsplit("/", 1)[1])
+        return url
+
+    yield make
+    postgres_server.drop(made)
 
 
 class TcpProxy:
