@@ -57,7 +57,13 @@ class ServiceSettings(BaseSettings):
 
     relay_batch_size: int = Field(200, ge=1, le=5000)
     relay_poll_seconds: float = Field(0.5, gt=0, le=60)
-    consumer_prefetch: int = Field(20, ge=1, le=1000)
+    # Unacked deliveries the broker hands a consumer; at least CONSUMER_BATCH_SIZE, so that the
+    # next batch is already on its way while one is applied.
+    consumer_prefetch: int = Field(200, ge=1, le=5000)
+    # Deliveries applied in one transaction (each in its own savepoint) and acked together, and
+    # how long the first of them waits for more before a smaller batch is applied.
+    consumer_batch_size: int = Field(100, ge=1, le=1000)
+    consumer_batch_linger_ms: float = Field(5.0, ge=0, le=1000)
     consumer_max_attempts: int = Field(5, ge=1, le=50)
     consumer_retry_delays_ms: list[int] = Field(default_factory=lambda: [1000, 5000, 30000, 120000])
     # Deliveries of one message (crashes, outages) before the broker dead-letters it to the DLQ.
@@ -95,6 +101,15 @@ class ServiceSettings(BaseSettings):
         if not value or any(delay < 1 for delay in value):
             raise ValueError("needs at least one delay, each at least 1 ms")
         return value
+
+    @model_validator(mode="after")
+    def _prefetch_holds_a_batch(self) -> ServiceSettings:
+        if self.consumer_prefetch < self.consumer_batch_size:
+            raise ValueError(
+                "CONSUMER_PREFETCH must be at least CONSUMER_BATCH_SIZE: a batch can never hold "
+                "more deliveries than the broker hands out unacked"
+            )
+        return self
 
     @model_validator(mode="after")
     def _inbox_outlives_outbox(self) -> ServiceSettings:

@@ -79,6 +79,8 @@ def consumer_for(
         service=settings.service_name,
         subscriptions=subscriptions,
         prefetch=settings.consumer_prefetch,
+        batch_size=settings.consumer_batch_size,
+        batch_linger=settings.consumer_batch_linger_ms / 1000,
         max_attempts=settings.consumer_max_attempts,
         retry_delays_ms=settings.consumer_retry_delays_ms,
         delivery_limit=settings.consumer_delivery_limit,

@@ -8,6 +8,7 @@ channel): both inserts skip what is already there, so a redelivered event adds n
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
@@ -44,6 +45,21 @@ def _insert(session: Session, table: Any):
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+# What the handlers look up for every event (who has a role, people with their preferences,
+# villages) is kept for the rest of the session: the consumer applies a batch of events in one,
+# and the upserts below forget it when they change what it holds.
+_WITH_ROLE, _PEOPLE, _VILLAGES = "notify.with_role", "notify.people", "notify.villages"
+
+
+def _kept(session: Session, name: str) -> dict[Any, Any]:
+    return session.info.setdefault(name, {})
+
+
+def _forget(session: Session, *names: str) -> None:
+    for name in names:
+        session.info.pop(name, None)
+
+
 # --- people, villages, issues ------------------------------------------------------------------
 
 
@@ -66,6 +82,7 @@ def upsert_person(session: Session, data: dict[str, Any]) -> Person | None:
     person.active = bool(data.get("active", True))
     person.revision = revision if revision is not None else (person.revision or 0)
     person.tokens_valid_after = data.get("tokens_valid_after")
+    _forget(session, _WITH_ROLE, _PEOPLE)
     session.flush()
     session.execute(sa.delete(PersonRole).where(PersonRole.user_id == person.id))
     if person.active and person.roles:
@@ -74,6 +91,7 @@ def upsert_person(session: Session, data: dict[str, Any]) -> Person | None:
 
 
 def upsert_village(session: Session, data: dict[str, Any]) -> None:
+    _forget(session, _VILLAGES)
     village = session.get(Village, data["village_id"], with_for_update=True)
     revision = data.get("revision") or 0
     if village is None:
@@ -86,14 +104,31 @@ def upsert_village(session: Session, data: dict[str, Any]) -> None:
     village.revision = revision
 
 
+_REPORTED = ("ticket_no", "category", "village_id", "reporter_id")
+
+
 def remember_report(session: Session, data: dict[str, Any]) -> Issue:
-    """What only ``issue.reported`` says: ticket, category, village, reporter."""
-    issue = _issue(session, data["issue_id"])
-    issue.ticket_no = data.get("ticket_no") or issue.ticket_no
-    issue.category = data.get("category") or issue.category
-    issue.village_id = data.get("village_id") or issue.village_id
-    issue.reporter_id = data.get("reporter_id") or issue.reporter_id
-    return issue
+    """What only ``issue.reported`` says: ticket, category, village, reporter (each kept when
+    the event leaves it empty).
+
+    One upsert that locks the row and returns it, instead of a read, an insert and a read."""
+    return session.scalars(
+        _remember_report_statement(session.get_bind().dialect.name),
+        {"id": data["issue_id"], **{name: data.get(name) or None for name in _REPORTED}},
+        execution_options={"populate_existing": True},
+    ).one()
+
+
+@functools.cache
+def _remember_report_statement(dialect: str) -> Any:
+    """Built once per dialect: the statement is the same for every event."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = Issue.__table__
+    stmt = insert(Issue).values(id=sa.bindparam("id"), **{n: sa.bindparam(n) for n in _REPORTED})
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.id],
+        set_={n: sa.func.coalesce(stmt.excluded[n], table.c[n]) for n in _REPORTED},
+    ).returning(Issue)
 
 
 def apply_step(session: Session, data: dict[str, Any]) -> Issue:
@@ -136,8 +171,22 @@ def with_role(
     or_in_village: tuple[str, ...] = (),
 ) -> list[uuid.UUID]:
     """Active people holding any of ``roles`` (of one village when ``village_id`` is given),
-    plus, with ``or_in_village``, those holding one of those roles in ``village_id``: one query.
+    plus, with ``or_in_village``, those holding one of those roles in ``village_id``: one query,
+    once per session (a batch of events) for the same question.
     """
+    kept = _kept(session, _WITH_ROLE)
+    key = (roles, village_id, or_in_village)
+    if key not in kept:
+        kept[key] = _with_role(session, roles, village_id, or_in_village)
+    return list(kept[key])
+
+
+def _with_role(
+    session: Session,
+    roles: tuple[str, ...],
+    village_id: uuid.UUID | None,
+    or_in_village: tuple[str, ...],
+) -> list[uuid.UUID]:
     stmt = sa.select(PersonRole.user_id).distinct()
     if or_in_village and village_id is not None:
         stmt = stmt.join(Person, Person.id == PersonRole.user_id).where(
@@ -184,7 +233,7 @@ class Link:
 
 def issue_variables(session: Session, issue: Issue, **extra: Any) -> dict[str, Any]:
     """The template variables of an item (missing ones render as a neutral word)."""
-    village = session.get(Village, issue.village_id) if issue.village_id else None
+    village = _village(session, issue.village_id) if issue.village_id else None
     values: dict[str, Any] = {
         "ticket_no": issue.ticket_no,
         "category": templates.category_label(issue.category),
@@ -193,6 +242,31 @@ def issue_variables(session: Session, issue: Issue, **extra: Any) -> dict[str, A
     }
     values.update({k: v for k, v in extra.items() if v is not None})
     return values
+
+
+def _village(session: Session, village_id: uuid.UUID) -> Village | None:
+    """The village, read once per session (a village not known yet too)."""
+    kept = _kept(session, _VILLAGES)
+    if village_id not in kept:
+        kept[village_id] = session.get(Village, village_id)
+    return kept[village_id]
+
+
+def _people(
+    session: Session, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[Person, Preference | None]]:
+    """Those of ``ids`` notify knows, with their preferences; each read once per session."""
+    kept = _kept(session, _PEOPLE)
+    missing = [i for i in ids if i not in kept]
+    if missing:
+        kept.update(dict.fromkeys(missing))
+        known = session.execute(
+            sa.select(Person, Preference)
+            .outerjoin(Preference, Preference.user_id == Person.id)
+            .where(Person.id.in_(missing))
+        ).all()
+        kept.update({person.id: (person, preference) for person, preference in known})
+    return {i: kept[i] for i in ids if kept[i] is not None}
 
 
 def tell(
@@ -216,19 +290,13 @@ def tell(
     rendered = templates.render(kind, variables)
     stored = _jsonable(variables)
     now = utcnow()
-    known = session.execute(
-        sa.select(Person, Preference)
-        .outerjoin(Preference, Preference.user_id == Person.id)
-        .where(Person.id.in_(wanted))
-    ).all()
-    people = {person.id: (person, preference) for person, preference in known}
+    people = _people(session, wanted)
     wanted = [u for u in wanted if u not in people or people[u][0].active]
     if not wanted:
         return 0
+    dialect = session.get_bind().dialect.name
     made = session.execute(
-        _insert(session, Notification.__table__)
-        .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
-        .returning(Notification.__table__.c.id, Notification.__table__.c.user_id),
+        _inbox_statement(dialect),
         [
             {
                 "id": uuid.uuid4(),
@@ -276,13 +344,27 @@ def tell(
                 }
             )
     if rows:
-        session.execute(
-            _insert(session, Delivery.__table__).on_conflict_do_nothing(
-                index_elements=["event_id", "user_id", "channel"]
-            ),
-            rows,
-        )
+        session.execute(_deliveries_statement(dialect), rows)
     return len(made)
+
+
+@functools.cache
+def _inbox_statement(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = Notification.__table__
+    return (
+        insert(table)
+        .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
+        .returning(table.c.id, table.c.user_id)
+    )
+
+
+@functools.cache
+def _deliveries_statement(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(Delivery.__table__).on_conflict_do_nothing(
+        index_elements=["event_id", "user_id", "channel"]
+    )
 
 
 def _channels_for(
@@ -421,6 +503,7 @@ def change_preferences(
     session: Session, user_id: uuid.UUID, roles: Iterable[str], body: dict[str, Any]
 ) -> dict[str, Any]:
     """Apply what the user sent (only the parts present); the inbox cannot be switched off."""
+    _forget(session, _PEOPLE)
     preference = session.get(Preference, user_id, with_for_update=True)
     if preference is None:
         preference = Preference(user_id=user_id, channels={})

@@ -144,9 +144,18 @@ def record_ticket(session: Session, issue_id: uuid.UUID, ticket_no: str | None) 
 # --- rules ---------------------------------------------------------------------------------------
 
 
+_RULES = "scoring.rule_versions"
+
+
 def rule_versions(session: Session) -> list[domain.RuleVersion]:
-    rows = session.scalars(sa.select(Rule)).all()
-    return [domain.RuleVersion(r.code, r.version, r.points, r.effective_from) for r in rows]
+    """Every stored rule version, read once per session: the consumer applies a batch of events
+    in one, and ``change_rule`` forgets it."""
+    if _RULES not in session.info:
+        rows = session.scalars(sa.select(Rule)).all()
+        session.info[_RULES] = [
+            domain.RuleVersion(r.code, r.version, r.points, r.effective_from) for r in rows
+        ]
+    return list(session.info[_RULES])
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,7 @@ def change_rule(
     )
     session.add(rule)
     session.flush()
+    session.info.pop(_RULES, None)
     return rule
 
 
@@ -238,6 +248,29 @@ def award(
 ) -> PointsEntry | None:
     """Append one ledger entry for (event, rule), move the user's four totals and announce it,
     all in the caller's transaction. The same event and rule a second time adds nothing."""
+    entry_id = _award(
+        session,
+        event,
+        user_id=user_id,
+        result=result,
+        issue=issue,
+        occurred_at=occurred_at,
+        resolution_no=resolution_no,
+    )
+    return None if entry_id is None else session.get(PointsEntry, entry_id)
+
+
+def _award(
+    session: Session,
+    event: Envelope,
+    *,
+    user_id: uuid.UUID,
+    result: domain.Award,
+    issue: Issue | None,
+    occurred_at: datetime,
+    resolution_no: int | None = None,
+) -> uuid.UUID | None:
+    """``award`` without reading the entry back: its id, or None when it was there already."""
     month = domain.month_of(occurred_at)
     entry_id = uuid.uuid4()
     inserted = session.execute(
@@ -279,26 +312,28 @@ def award(
         },
     )
     after_commit(session, lambda: POINTS_AWARDED.labels("scoring", result.code).inc())
-    return session.get(PointsEntry, entry_id)
+    return entry_id
 
 
 def add_to_totals(
     session: Session, user_id: uuid.UUID, month: str, increments: dict[str, int]
 ) -> None:
-    """Add to the user's month, quarter, year and all-time totals (one upsert each; concurrent
-    workers add, never overwrite)."""
+    """Add to the user's month, quarter, year and all-time totals (one upsert of four rows;
+    concurrent workers add, never overwrite)."""
     table = ScoreTotal.__table__
-    for period in domain.periods_of_month(month):
-        stmt = _insert(session, table).values(
-            period=period,
-            user_id=user_id,
-            **{c: 0 for c in (*domain.TOTAL_COUNTS, "points", "entries")} | increments,
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["period", "user_id"],
-            set_={c: table.c[c] + v for c, v in increments.items()},
-        )
-        session.execute(stmt)
+    zeros = {c: 0 for c in (*domain.TOTAL_COUNTS, "points", "entries")}
+    stmt = _insert(session, table).values(
+        [
+            {"period": period, "user_id": user_id, **zeros, **increments}
+            for period in domain.periods_of_month(month)
+        ]
+    )
+    # A new row starts at the increments, so EXCLUDED holds exactly what to add to a row.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["period", "user_id"],
+        set_={c: table.c[c] + stmt.excluded[c] for c in increments},
+    )
+    session.execute(stmt)
 
 
 # --- the events ----------------------------------------------------------------------------------
@@ -409,7 +444,7 @@ def receive_resolution(session: Session, event: Envelope, data: dict[str, Any]) 
         day=domain.local_day(resolved_at),
     )
     _known_person(session, resolver_id)
-    entry = award(
+    entry_id = _award(
         session,
         event,
         user_id=resolver_id,
@@ -418,7 +453,7 @@ def receive_resolution(session: Session, event: Envelope, data: dict[str, Any]) 
         occurred_at=resolved_at,
         resolution_no=resolution_no,
     )
-    if entry is None:
+    if entry_id is None:
         return
     session.execute(
         _insert(session, Resolution.__table__)
