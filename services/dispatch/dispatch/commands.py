@@ -1,4 +1,5 @@
-"""dispatch's own commands: ``python -m dispatch scheduler`` (and ``scheduler --once``), and
+"""dispatch's own commands: ``python -m dispatch scheduler`` (and ``scheduler --once``),
+``python -m dispatch rebuild-stats [--check]`` (recompute the statistics' running aggregates) and
 ``python -m dispatch seed-history`` (dev only: works through intake's past demo reports)."""
 
 from __future__ import annotations
@@ -45,6 +46,47 @@ def run_scheduler(args: argparse.Namespace, settings: DispatchSettings) -> int:
     finally:
         db.dispose()
     return 0
+
+
+# --- rebuild-stats ---------------------------------------------------------------------------
+
+
+def add_rebuild_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--check", action="store_true", help="只报告差异，不写入 report differences only"
+    )
+
+
+def run_rebuild_stats(args: argparse.Namespace, settings: DispatchSettings) -> int:
+    """Recompute the statistics' aggregates from the issues; print each difference (JSON lines)
+    and a summary. Exit 0 when nothing differed, 1 when something did (fixed unless --check)."""
+    from dispatch import aggregates
+
+    db = make_database(settings)
+    try:
+        with db.transaction() as session:
+            differences = aggregates.rebuild(session, fix=not args.check)
+    finally:
+        db.dispose()
+    for d in differences:
+        print(
+            json.dumps(
+                {
+                    "table": d.table,
+                    "key": [str(part) for part in d.key],
+                    "column": d.column,
+                    "stored": d.stored,
+                    "expected": d.expected,
+                },
+                ensure_ascii=False,
+            )
+        )
+    state = "仅检查 / checked only" if args.check else "已修正 / fixed"
+    print(
+        f"dispatch: 统计汇总差异 {len(differences)} 处 / {len(differences)} difference(s); {state}",
+        file=sys.stderr,
+    )
+    return 1 if differences else 0
 
 
 # --- seed-history ----------------------------------------------------------------------------
@@ -208,6 +250,11 @@ COMMANDS: dict[str, Command] = {
         "定时任务：到期提醒、超期、升级、自动关闭、回访抽样 run the scheduler",
         add_scheduler_arguments,
         run_scheduler,
+    ),
+    "rebuild-stats": Command(
+        "重算统计汇总表 recompute the statistics' aggregates from the issues",
+        add_rebuild_stats_arguments,
+        run_rebuild_stats,
     ),
     "seed-history": Command(
         "办结过去几个月的演示诉求 resolve the past demo reports (dev only)",

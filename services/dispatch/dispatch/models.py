@@ -168,6 +168,17 @@ class Issue(Base):
         ),
         sa.Index("ix_issues_reported_at", "reported_at"),
         sa.Index("ix_issues_village_reported", "village_id", "reported_at"),
+        # The statistics' overdue count: an index-only scan over the open work past due.
+        sa.Index(
+            "ix_issues_overdue_count",
+            "due_at",
+            postgresql_include=["village_id", "category"],
+            postgresql_where=sa.text(WORKING),
+            sqlite_where=sa.text(WORKING),
+        ),
+        # Migration 0009 also adds ``ix_issues_resolve_seconds`` on PostgreSQL: an expression
+        # index on EXTRACT(EPOCH FROM resolved_at - reported_at) over resolved and closed items,
+        # from which the statistics read a percentile's exact value (dispatch.aggregates).
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -337,3 +348,34 @@ class Callback(Base):
     passed: Mapped[bool]
     notes: Mapped[str | None] = mapped_column(sa.Text)
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IssueStatsCount(Base):
+    """Running count of issues per (village, category, state, level), with how many carry a
+    rating and how many are satisfied; kept by ``dispatch.aggregates`` with each issue change."""
+
+    __tablename__ = "issue_stats_counts"
+
+    village_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    category: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    level: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    rated: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    satisfied: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class IssueStatsResolveTime(Base):
+    """How many resolved or closed issues took a resolve time (report to resolution) in each
+    bucket, per (village, category) and rolled up (``dispatch.aggregates.ANY_*``)."""
+
+    __tablename__ = "issue_stats_resolve_times"
+
+    village_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    category: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    bucket: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+# The hook that keeps the two tables above, registered wherever the models are used.
+from dispatch import aggregates  # noqa: E402, F401

@@ -1,12 +1,22 @@
 """Issue statistics: reports and completions per category and village, open work, overdue and
-time to resolve. One grouped query does the counting; percentiles are computed by PostgreSQL
-(``percentile_cont``), or in Python on the embedded SQLite database.
+time to resolve.
+
+Without a reporting period (the whole township, a village, a category: the dashboard and the
+public figures) the answer comes from the running aggregates that ``dispatch.aggregates`` keeps
+with every issue change, so it costs the same at 10 k and at 1 M issues: the counts from
+``issue_stats_counts``, the overdue items from an index over the open work past due, and the
+median and 90th percentile of the resolve time exactly as ``percentile_cont`` would give them
+(the resolve-time buckets say which bucket holds the rank, the resolve-time index gives the
+values). With a period, or on the embedded SQLite database, one grouped query scans the issues
+reported in it (``issue_stats_scan``, also the reference the aggregates are tested against).
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,12 +24,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from dispatch import domain
-from dispatch.models import Issue, Village
+from dispatch import aggregates, domain
+from dispatch.models import WORKING as WORKING_SQL
+from dispatch.models import Issue, IssueStatsCount, IssueStatsResolveTime, Village
 from shared.clock import utcnow
 
 DONE = tuple(sorted(domain.DONE_STATES))
 WORKING = tuple(sorted(domain.WORKING_STATES))
+# Word for word the predicate of ``ix_issues_resolve_seconds`` (migration 0009).
+DONE_SQL = "state IN ('closed', 'resolved') AND resolved_at IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,48 @@ def _rate_row(reports: int, completed: int) -> dict[str, Any]:
 def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = None) -> dict:
     """The statistics table of the seed article, for any period, village or category."""
     now = now or utcnow()
+    if filters.reported_from is not None or filters.reported_to is not None:
+        return issue_stats_scan(session, filters, now)
+    if session.get_bind().dialect.name != "postgresql":
+        return issue_stats_scan(session, filters, now)
+    c = IssueStatsCount
+    # Three grouping sets instead of every (village, category, state, level) row: a few hundred
+    # rows to fold in Python whatever the township's size. GROUPING() tags each row's set.
+    counts = session.execute(
+        sa.select(
+            c.category,
+            c.village_id,
+            c.state,
+            c.level,
+            sa.cast(sa.func.sum(c.n), sa.BigInteger).label("n"),
+            sa.literal(0).label("overdue"),
+            sa.cast(sa.func.sum(c.rated), sa.BigInteger).label("rated"),
+            sa.cast(sa.func.sum(c.satisfied), sa.BigInteger).label("satisfied"),
+            sa.func.grouping(c.category, c.village_id, c.level).label("part"),
+        )
+        .where(*_aggregate_where(c, filters))
+        .group_by(
+            sa.func.grouping_sets(
+                sa.tuple_(c.category, c.state),
+                sa.tuple_(c.village_id, c.state),
+                sa.tuple_(c.state, c.level),
+            )
+        )
+        .having(sa.func.sum(c.n) != 0)
+    ).all()
+    overdue = session.execute(
+        sa.select(Issue.village_id, sa.func.count())
+        .where(sa.text(WORKING_SQL), Issue.due_at < now, *_where(filters))
+        .group_by(Issue.village_id)
+    ).all()
+    return _answer(
+        session, filters, counts, overdue, _time_to_resolve_from_buckets(session, filters)
+    )
+
+
+def issue_stats_scan(session: Session, filters: StatsFilter, now: datetime | None = None) -> dict:
+    """The same answer from one grouped scan of the issues (a period, SQLite, the reference)."""
+    now = now or utcnow()
     where = _where(filters)
     overdue = sa.and_(Issue.state.in_(WORKING), Issue.due_at < now)
     satisfied = Issue.rating.in_(sorted(domain.SATISFIED_RATINGS))
@@ -71,7 +126,32 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
         .where(*where)
         .group_by(Issue.category, Issue.village_id, Issue.state, Issue.level)
     ).all()
+    return _answer(session, filters, rows, [], _time_to_resolve(session, where))
 
+
+# GROUPING(category, village_id, level) of each grouping set.
+_BY_CATEGORY, _BY_VILLAGE, _BY_STATE_LEVEL = 0b011, 0b101, 0b110
+
+
+def _aggregate_where(table, filters: StatsFilter) -> list[sa.ColumnElement[bool]]:
+    clauses: list[sa.ColumnElement[bool]] = []
+    if filters.village_id is not None:
+        clauses.append(table.village_id == filters.village_id)
+    if filters.category is not None:
+        clauses.append(table.category == filters.category)
+    return clauses
+
+
+def _answer(
+    session: Session,
+    filters: StatsFilter,
+    rows: Iterable[Any],
+    overdue_by_village: Iterable[tuple[uuid.UUID, int]],
+    time_to_resolve: tuple[float | None, float | None, int],
+) -> dict:
+    """Fold (category, village, state, level, n, overdue, rated, satisfied) rows, plus overdue
+    counts per village, into the answer. A row with a ``part`` (a GROUPING() mask) counts only
+    towards what its grouping set holds: 3 categories and totals, 5 villages, 6 open work."""
     by_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_village: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     open_by_state: dict[str, int] = defaultdict(int)
@@ -79,7 +159,20 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
     open_by_state_level: dict[tuple[str, str], int] = defaultdict(int)
     totals = dict.fromkeys(("reports", "completed", "overdue", "rejected", "rated", "satisfied"), 0)
     for row in rows:
+        part = getattr(row, "part", None)
         done = row.n if row.state in domain.DONE_STATES else 0
+        if part == _BY_VILLAGE:
+            village = by_village[row.village_id]
+            village[0] += row.n
+            village[1] += done
+            village[2] += row.n if row.state in domain.OPEN_STATES else 0
+            continue
+        if part == _BY_STATE_LEVEL:
+            if row.state in domain.OPEN_STATES:
+                open_by_state[row.state] += row.n
+                open_by_level[row.level] += row.n
+                open_by_state_level[(row.state, row.level)] += row.n
+            continue
         totals["reports"] += row.n
         totals["completed"] += done
         totals["overdue"] += row.overdue
@@ -89,6 +182,8 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
             totals["rejected"] += row.n
         by_category[row.category][0] += row.n
         by_category[row.category][1] += done
+        if part == _BY_CATEGORY:
+            continue
         village = by_village[row.village_id]
         village[0] += row.n
         village[1] += done
@@ -99,10 +194,14 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
             open_by_level[row.level] += row.n
             open_by_state_level[(row.state, row.level)] += row.n
 
+    for village_id, count in overdue_by_village:
+        totals["overdue"] += count
+        by_village[village_id][3] += count
+
     names = {row.id: row.name for row in session.execute(sa.select(Village.id, Village.name))}
     categories = [c for c in domain.CATEGORIES if filters.category in (None, c)]
     categories += sorted(c for c in by_category if c not in domain.CATEGORIES)
-    median, p90, resolved_count = _time_to_resolve(session, where)
+    median, p90, resolved_count = time_to_resolve
     return {
         "from": filters.reported_from,
         "to": filters.reported_to,
@@ -157,6 +256,59 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
 
 def _hours(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds / 3600, 2)
+
+
+def _time_to_resolve_from_buckets(
+    session: Session, filters: StatsFilter
+) -> tuple[float | None, float | None, int]:
+    """Median and 90th percentile as ``percentile_cont`` computes them over the same items: the
+    buckets give each rank's bucket, the resolve-time index the exact values."""
+    village = filters.village_id or aggregates.ANY_VILLAGE
+    category = filters.category or aggregates.ANY_CATEGORY
+    buckets = session.execute(
+        sa.select(IssueStatsResolveTime.bucket, IssueStatsResolveTime.n)
+        .where(
+            IssueStatsResolveTime.village_id == village,
+            IssueStatsResolveTime.category == category,
+            IssueStatsResolveTime.n != 0,
+        )
+        .order_by(IssueStatsResolveTime.bucket)
+    ).all()
+    total = sum(n for _, n in buckets)
+    if total == 0:
+        return None, None, 0
+    seconds = sa.func.extract("epoch", Issue.resolved_at - Issue.reported_at)
+    where = [sa.text(DONE_SQL), *_where(filters)]
+
+    def values_from(rank: int, count: int) -> list[float]:
+        before, start = 0, None
+        for bucket, n in buckets:
+            if rank < before + n:
+                start = aggregates.bucket_start(bucket)
+                break
+            before += n
+        clauses = list(where) if start is None else [*where, seconds >= start]
+        return [
+            float(v)
+            for v in session.scalars(
+                sa.select(sa.cast(seconds, sa.Float))
+                .where(*clauses)
+                .order_by(seconds)
+                .offset(rank - before)
+                .limit(count)
+            )
+        ]
+
+    def percentile_cont(fraction: float) -> float:
+        # PostgreSQL's percentile_cont_final_common and float8_lerp, step for step.
+        position = fraction * (total - 1)
+        first, second = math.floor(position), math.ceil(position)
+        values = values_from(first, 1 if first == second else 2)
+        if first == second:
+            return values[0]
+        return values[0] + (position - first) * (values[1] - values[0])
+
+    return percentile_cont(0.5), percentile_cont(0.9), total
 
 
 def _time_to_resolve(
