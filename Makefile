@@ -26,7 +26,7 @@ run up prepare: export DEMO_DATA ?= true
 run up prepare: export PASSWORD_MIN_LENGTH ?= 6
 endif
 
-.PHONY: help venv keys prepare run up down test lint format clean-metrics
+.PHONY: help venv keys prepare run up down test lint format clean-metrics bench bench-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ down: ## stop what `make up` started
 
 test: $(STAMP) ## the whole test suite (needs PostgreSQL and RabbitMQ; see README)
 	$(VENV)/bin/pytest
+
+bench: $(STAMP) ## the benchmark suite (issue 11): table + bench/results.json (REPEATS=3, ONLY=...)
+	$(PY) -m bench.run --repeats $(or $(REPEATS),3) $(if $(ONLY),--only $(ONLY))
+
+bench-smoke: $(STAMP) ## the benchmark suite at small sizes, once each: checks it works, not speed
+	$(PY) -m bench.run --smoke $(if $(ONLY),--only $(ONLY))
 
 lint: $(STAMP) ## ruff check + ruff format --check
 	$(VENV)/bin/ruff check .

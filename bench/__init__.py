@@ -1,0 +1,1 @@
+"""``make bench``: Service365's benchmark suite (issue 11). See ``bench/run.py``."""
