@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -164,6 +165,36 @@ def downgrade_plumbing_0002(op) -> None:
         batch.drop_column("next_attempt_at")
 
 
+# A pooled connection unused for longer than this is pinged before it is handed out again.
+IDLE_PING_SECONDS = 10.0
+
+
+def _remember_checkin(_dbapi_connection, record) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+    """Ping a connection that sat idle in the pool (the server may have restarted or a firewall
+    may have cut it meanwhile); a connection in use moments ago is handed out as it is.
+
+    Why not ``pool_pre_ping``: it pings on every checkout, a round trip per transaction that a
+    busy web pays thousands of times a second for the rare connection that went stale. Raising
+    ``DisconnectionError`` here makes the pool drop this connection and open a new one.
+    """
+    checked_in_at = record.info.get("checked_in_at")
+    if checked_in_at is None or time.monotonic() - checked_in_at < IDLE_PING_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+    except Exception as exc:  # any failure: the connection is not usable
+        raise sa.exc.DisconnectionError(f"idle connection failed its ping: {exc}") from exc
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -208,11 +239,12 @@ class Database:
                 self.url,
                 pool_size=self.pool_size,
                 max_overflow=10,
-                pool_pre_ping=True,
                 # A database host that stops answering (not refusing) must not hang a request or
                 # the consumer's outage check for minutes.
                 connect_args={"connect_timeout": 5},
             )
+            event.listen(engine, "checkin", _remember_checkin)
+            event.listen(engine, "checkout", _ping_if_idle)
         self._engine = engine
         self._sessionmaker = sessionmaker(
             bind=engine,
@@ -240,6 +272,15 @@ class Database:
                 yield session
         finally:
             session.close()
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A connection for one read statement, in autocommit: no BEGIN and no COMMIT round trips.
+
+        Only for a single SELECT (several would each see their own snapshot); never for writes.
+        """
+        with self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def ping(self) -> None:
         """Raise if the database does not answer (for /readyz)."""

@@ -43,7 +43,7 @@ def create_app(settings: FeedSettings | None = None) -> Flask:
         db,
         title="Service365 feed 魅力沙口集 · 党建朋友圈",
         subscriptions=SUBSCRIPTIONS,
-        account_check=snapshot_account_check(db, Person, known=lambda p: p.account_known),
+        account_check=snapshot_account_check(db, Person, known=Person.account_known),
     )
     app.json = HtmlSafeJSON(app)
     app.extensions["view_counter"] = ViewCounter(

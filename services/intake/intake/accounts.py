@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from intake.domain import SHANGHAI, login_delay_seconds
 from intake.models import LoginFailure, RefreshToken, User, Village
 from intake.wechat import WeChatLogin
-from shared.auth import TOKEN_REVOKED_MESSAGE, Principal, TokenIssuer, refusal_reason
+from shared.auth import TOKEN_REVOKED_MESSAGE, TokenIssuer
 from shared.db import Database, utcnow
 from shared.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from shared.events import emit
@@ -361,20 +361,6 @@ def _revoke_family(session: Session, family_id: uuid.UUID, now: datetime) -> Non
         sa.update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
-    )
-
-
-def token_refusal(session: Session, principal: Principal) -> str | None:
-    """Why an access token no longer speaks for its account (None: it does); intake owns the
-    accounts, so a token of an account it does not hold is refused too."""
-    user = session.get(User, principal.id)
-    if user is None:
-        return "account_unknown"
-    return refusal_reason(
-        principal,
-        active=user.active,
-        roles=user.roles or [],
-        tokens_valid_after=user.tokens_valid_after,
     )
 
 

@@ -6,9 +6,9 @@ import logging
 
 from flask import Flask
 
-from intake.models import Base
+from intake.models import Base, User
 from intake.settings import IntakeSettings
-from shared.auth import AccountCheck, Principal, TokenIssuer
+from shared.auth import TokenIssuer, snapshot_account_check
 from shared.db import Database
 from shared.settings import load_settings
 from shared.web import create_service_app
@@ -18,18 +18,6 @@ log = logging.getLogger(__name__)
 
 def make_database(settings: IntakeSettings) -> Database:
     return Database(settings.sqlalchemy_url, metadata=Base.metadata, producer="intake")
-
-
-def _account_check(db: Database) -> AccountCheck:
-    """Refuse a token whose account is gone, disabled, demoted or re-passworded since."""
-
-    def check(principal: Principal) -> str | None:
-        from intake.accounts import token_refusal
-
-        with db.transaction() as session:
-            return token_refusal(session, principal)
-
-    return check
 
 
 def create_app(settings: IntakeSettings | None = None) -> Flask:
@@ -43,7 +31,8 @@ def create_app(settings: IntakeSettings | None = None) -> Flask:
         db,
         title="Service365 intake 受理网关",
         subscriptions=SUBSCRIPTIONS,
-        account_check=_account_check(db),
+        # Refuse a token whose account is gone, disabled, demoted or re-passworded since.
+        account_check=snapshot_account_check(db, User, refuse_unknown=True),
     )
     if not settings.private_key_path.exists():
         raise SystemExit(

@@ -306,12 +306,13 @@ def report_issue_once(
 
 
 def _earlier_answer(db: Database, user_id: uuid.UUID, key: str, fingerprint: str) -> Answer | None:
-    with db.transaction() as session:
-        record = session.scalar(
-            sa.select(IdempotencyRecord).where(
-                IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key
+    records = IdempotencyRecord.__table__
+    with db.read() as conn:  # one SELECT before every keyed report: no BEGIN/COMMIT
+        record = conn.execute(
+            sa.select(records.c.request_hash, records.c.status_code, records.c.response).where(
+                records.c.user_id == user_id, records.c.key == key
             )
-        )
+        ).first()
         if record is None:
             return None
         if record.request_hash != fingerprint:

@@ -21,7 +21,7 @@ def make_database(settings: NotifySettings) -> Database:
 def account_check(db: Database) -> AccountCheck:
     """Tokens checked against the accounts notify heard of (a person made from an event before
     their account's own event has no revision yet and is let in on the signed token)."""
-    return snapshot_account_check(db, Person, known=lambda p: p.revision is not None)
+    return snapshot_account_check(db, Person, known=Person.revision.is_not(None))
 
 
 def create_app(settings: NotifySettings | None = None) -> Flask:

@@ -27,7 +27,7 @@ def create_app(settings: ScoringSettings | None = None) -> Flask:
         db,
         title="Service365 scoring 积分排行",
         subscriptions=SUBSCRIPTIONS,
-        account_check=snapshot_account_check(db, Person, known=lambda p: p.account_known),
+        account_check=snapshot_account_check(db, Person, known=Person.account_known),
     )
 
     from scoring import api as routes
