@@ -12,7 +12,10 @@ import json
 import os
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
+# WEB_THREADS > 1: gthread workers, whose threads overlap one request's database round trips
+# with another's Python; 1: plain sync workers.
+threads = int(os.environ.get("WEB_THREADS", "1"))
+worker_class = "gthread" if threads > 1 else "sync"
 # A photo upload from a slow village connection may take a while; a stuck worker still dies.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 # On SIGTERM (make down, docker stop) let requests in flight finish before workers are killed.
