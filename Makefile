@@ -71,7 +71,8 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 clean-metrics: ## remove metric files of processes that are gone
-	@for svc in $(SERVICES); do \
-	  PROMETHEUS_MULTIPROC_DIR=var/metrics/$$svc $(PY) -c \
+	@for dir in var/metrics/*/; do \
+	  [ -d "$$dir" ] || continue; \
+	  PROMETHEUS_MULTIPROC_DIR=$$dir $(PY) -c \
 	    'from shared.metrics import clean_stale_files as c; print(c(), "stale files removed")'; \
 	done

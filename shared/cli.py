@@ -43,13 +43,28 @@ def fail(message: str, code: int = 2) -> SystemExit:
     return SystemExit(code)
 
 
-def default_environment(service: str) -> None:
+# Long-running processes that show their series on an endpoint of their own (the worker and the
+# scheduler on METRICS_PORT, notify's stream on its HTTP port): each writes to a metrics folder
+# of its own, so that the web's /metrics does not add them up a second time.
+OWN_METRICS_FOLDER = frozenset({"worker", "scheduler", "stream"})
+
+
+def metrics_folder_name(service: str, command: str | None) -> str:
+    """``intake`` for the web and one-shot commands, ``intake-worker`` for the worker."""
+    return f"{service}-{command}" if command in OWN_METRICS_FOLDER else service
+
+
+def default_environment(service: str, command: str | None = None) -> None:
     """Give a process started by hand the same metrics folder ``make run`` gives it.
 
     Call it before anything imports ``prometheus_client``: the library picks its multiprocess
-    mode once, at import, from ``PROMETHEUS_MULTIPROC_DIR``.
+    mode once, at import, from ``PROMETHEUS_MULTIPROC_DIR``. ``command`` defaults to the first
+    argument of the command line (``python -m intake worker``).
     """
-    folder = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(var_dir() / "metrics" / service))
+    if command is None and len(sys.argv) > 1:
+        command = sys.argv[1]
+    name = metrics_folder_name(service, command)
+    folder = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(var_dir() / "metrics" / name))
     Path(folder).mkdir(parents=True, exist_ok=True)
 
 
@@ -236,7 +251,7 @@ def main(
     argv: Sequence[str] | None = None,
 ) -> None:
     """Run one command of ``service`` and exit with its code; bad settings exit 2 in one line."""
-    default_environment(service)
+    default_environment(service, argv[0] if argv else None)
     args = build_parser(service, commands).parse_args(argv)
     settings = load_settings(settings_cls)
     if args.command == "migrate":

@@ -1,10 +1,18 @@
 """Prometheus series of DESIGN.md, correct under gunicorn's several workers (multiprocess mode).
 
-Every process of a service (web workers and the worker) writes to the folder in
-``PROMETHEUS_MULTIPROC_DIR``; ``/metrics`` adds them up. Counter and histogram files of dead
-processes are kept, so a total never goes down while the service lives. Only *live* gauges
-(``broker_connected``, ``queue_declare_conflict``) belong to a process: at scrape time the files
-of dead processes are left out, and gunicorn's start hook removes them (``clean_stale_files``).
+Each process *kind* of a service has its own folder in ``PROMETHEUS_MULTIPROC_DIR``: the web's
+gunicorn workers share one (``var/metrics/<service>``) and the web's ``/metrics`` adds them up;
+the ``worker`` (and dispatch's ``scheduler``, notify's ``stream``) write to their own
+(``var/metrics/<service>-worker``) and serve them on their own port (``METRICS_PORT``, see
+``serve_process_metrics``). Prometheus scrapes each endpoint, so nothing is counted twice.
+Counter and histogram files of dead processes are kept, so a total never goes down while the
+service lives. Only *live* gauges (``broker_connected``, ``queue_declare_conflict``) belong to a
+process: at scrape time the files of dead processes are left out, and gunicorn's start hook (or
+the worker at start) removes them (``clean_stale_files``).
+
+Example (a worker)::
+
+    stop_serving = serve_process_metrics(settings.metrics_port, settings.metrics_host)
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +37,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 
@@ -199,6 +209,50 @@ class ScrapeTimeGauges:
             else:
                 family.add_metric([self.service], float(value))
             yield family
+
+
+def process_registry() -> CollectorRegistry:
+    """What this process kind shows: its multiprocess folder's files (live gauges of live
+    processes only), or the default registry when it runs without ``PROMETHEUS_MULTIPROC_DIR``."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    registry.register(_LiveProcessesCollector(directory))
+    return registry
+
+
+def serve_process_metrics(port: int, host: str = "0.0.0.0") -> Callable[[], None] | None:
+    """Serve this process's series as Prometheus text on ``host:port`` from a daemon thread.
+
+    For processes without a web server of their own (a service's ``worker``, dispatch's
+    ``scheduler``): Prometheus scrapes them there, beside the web. Returns a function that
+    stops the server, or None when ``port`` is 0 (not served). A port that cannot be bound
+    stops the process with one line naming ``METRICS_PORT`` (exit 2)::
+
+        stop = serve_process_metrics(9101)   # curl http://127.0.0.1:9101/metrics
+        ...
+        stop()
+    """
+    if not port:
+        return None
+    clean_stale_files()
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=process_registry())
+    except OSError as exc:
+        print(
+            f"配置错误 / invalid settings: METRICS_PORT: cannot serve metrics on {host}:{port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    log.info("metrics served on http://%s:%d/metrics", host, port)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop
 
 
 def metrics_response(extra: ScrapeTimeGauges | None = None) -> Response:

@@ -78,6 +78,11 @@ class ServiceSettings(BaseSettings):
     inbox_retention_days: float = Field(30.0, gt=0, le=3650)
     retention_interval_seconds: float = Field(3600.0, gt=0, le=86400)
     retention_batch_size: int = Field(1000, ge=1, le=100000)
+    # A worker-type process (``worker``, dispatch's ``scheduler``) serves its own Prometheus
+    # text on this port (0: not served); the web answers only for its own processes, so the
+    # two are scraped side by side and never counted twice.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
 
     @field_validator("database_url")
     @classmethod

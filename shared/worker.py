@@ -8,6 +8,8 @@ connection (pika connections are not thread-safe). SIGTERM or
 SIGINT sets one stop event; both loops finish their current batch or message and close. When the
 broker does not answer, each loop says so in one line and keeps retrying with backoff instead of
 crashing, so ``docker compose up`` or ``make run`` may start workers before RabbitMQ is ready.
+With ``METRICS_PORT`` set, the worker serves its own series (``events_consumed_total``,
+``events_published_total``, ``dlq_messages``...) as Prometheus text on that port.
 
 Example (``services/dispatch/dispatch/worker.py``)::
 
@@ -31,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from shared import retention
 from shared.consumer import Consumer, Handler
 from shared.db import Database
+from shared.metrics import EVENTS_UNROUTED, RELAY_PUBLISH_FAILURES, serve_process_metrics
 from shared.relay import OutageLog, OutboxRelay, describe_broker
 from shared.settings import ServiceSettings
 
@@ -149,12 +152,18 @@ def run_worker(
         "on" if relay else "off",
     )
     threads: list[threading.Thread] = []
+    stop_metrics = serve_process_metrics(settings.metrics_port, settings.metrics_host)
 
     def start(name: str, target, *args, **kwargs) -> None:
         thread = threading.Thread(target=target, args=args, kwargs=kwargs, name=name)
         thread.start()
         threads.append(thread)
 
+    if relay:
+        # Counters that stay at 0 while all is well are shown from the start: a series that
+        # appears only with the first failure cannot be watched with increase().
+        EVENTS_UNROUTED.labels(service)
+        RELAY_PUBLISH_FAILURES.labels(service)
     try:
         if relay:
             start(f"{service}-outbox-relay", relay_for(settings, db).run_forever, stop)
@@ -178,6 +187,8 @@ def run_worker(
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
+        if stop_metrics is not None:
+            stop_metrics()
         log.info("%s worker: stopped", service)
 
 

@@ -2,7 +2,9 @@
 
 Every service in ``SERVICES`` gets its own fresh PostgreSQL database (a copy of the migrated
 template), its own folder under the test's tmp (var dir with its gunicorn control socket, media,
-Prometheus multiprocess folder, logs) and a free port; all of them share one fresh RabbitMQ vhost.
+Prometheus multiprocess folders: one for the web, one per worker and scheduler, which serve their
+own /metrics on a free ``METRICS_PORT``, see ``metrics_url``; logs) and a free port; all of them
+share one fresh RabbitMQ vhost.
 Each process is the real command line (``python -m <service> web|worker|scheduler``) in a session
 of its own, so that killing it takes its gunicorn workers too and nothing outlives the test.
 
@@ -47,6 +49,8 @@ PYTHON = sys.executable
 READY_TIMEOUT = 60.0
 PASSED_ON = frozenset({"PATH", "HOME", "USER", "LANG", "TMPDIR", "LD_LIBRARY_PATH", "TZ"})
 STOP_TIMEOUT = 15.0
+# Processes without a web server that serve their own /metrics on METRICS_PORT.
+METRICS_PORT_PROCESSES = frozenset({"worker", "scheduler"})
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,13 @@ class Harness:
         self.specs = {spec.name: spec for spec in specs}
         self.private_key, self.public_key = jwt_keys
         self.ports = {name: free_port() for name in self.specs}
+        # Worker-type processes serve their own /metrics (METRICS_PORT) from their own folder.
+        self.metrics_ports = {
+            (name, kind): free_port()
+            for name, spec in self.specs.items()
+            for kind in spec.processes
+            if kind in METRICS_PORT_PROCESSES
+        }
         self.database_urls = {name: database(name) for name in self.specs}
         self.procs: dict[tuple[str, str], Proc] = {}
         self.runs: dict[tuple[str, str], int] = {}
@@ -161,6 +172,19 @@ class Harness:
     def url(self, service: str) -> str:
         """Base URL of the service's web process, e.g. ``http://127.0.0.1:41234``."""
         return f"http://127.0.0.1:{self.ports[service]}"
+
+    def metrics_url(self, service: str, kind: str = "web") -> str:
+        """Where Prometheus would scrape that process: the web's ``/metrics``, or the worker's
+        (scheduler's) own port."""
+        if kind == "web":
+            return f"{self.url(service)}/metrics"
+        return f"http://127.0.0.1:{self.metrics_ports[(service, kind)]}/metrics"
+
+    def metrics_text(self, service: str, kind: str = "web") -> str:
+        """One scrape of that process's Prometheus text."""
+        answer = requests.get(self.metrics_url(service, kind), timeout=10)
+        assert answer.status_code == 200, f"{service} {kind} /metrics: {answer.status_code}"
+        return answer.text
 
     def database_url(self, service: str) -> str:
         return self.database_urls[service]
@@ -186,8 +210,10 @@ class Harness:
     def service_dir(self, service: str) -> Path:
         return self.folder / service
 
-    def env(self, service: str) -> dict[str, str]:
+    def env(self, service: str, kind: str | None = None) -> dict[str, str]:
+        """The environment of one process (``kind``) or one-shot command (None) of ``service``."""
         base = self.service_dir(service)
+        metrics = f"metrics-{kind}" if kind in METRICS_PORT_PROCESSES else "metrics"
         # Only the basics of the caller's environment: a setting in the developer's shell
         # (DATABASE_URL, MEDIA_S3_BUCKET, APP_ENV...) must not reach the system under test.
         env = {k: v for k, v in os.environ.items() if k in PASSED_ON or k.startswith("LC_")}
@@ -202,7 +228,7 @@ class Harness:
                 # Also where the gunicorn master's control socket goes (var/run/<service>.ctl):
                 # one per service, as gunicorn 27 needs.
                 "SERVICE365_VAR_DIR": str(base / "var"),
-                "PROMETHEUS_MULTIPROC_DIR": str(base / "metrics"),
+                "PROMETHEUS_MULTIPROC_DIR": str(base / metrics),
                 "MEDIA_DIR": str(base / "media"),
                 "JWT_PUBLIC_KEY_FILE": str(self.public_key),
                 "JWT_PRIVATE_KEY_FILE": str(self.private_key),
@@ -217,8 +243,11 @@ class Harness:
                 "CONSUMER_MAX_ATTEMPTS": "8",
             }
         )
+        if (service, kind) in self.metrics_ports:
+            env["METRICS_PORT"] = str(self.metrics_ports[(service, kind)])
+            env["METRICS_HOST"] = "127.0.0.1"
         env.update(self.specs[service].env)
-        for folder in ("var", "metrics", "media", "logs"):
+        for folder in ("var", metrics, "media", "logs"):
             (base / folder).mkdir(parents=True, exist_ok=True)
         return env
 
@@ -300,7 +329,7 @@ class Harness:
         with stdout.open("wb") as out, stderr.open("wb") as err:
             popen = subprocess.Popen(
                 [PYTHON, "-m", service, kind],
-                env=self.env(service),
+                env=self.env(service, kind),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

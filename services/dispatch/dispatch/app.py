@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
+from dispatch.metrics import township_gauges
 from dispatch.models import Base, Staff
 from dispatch.settings import DispatchSettings
 from shared.auth import snapshot_account_check
@@ -59,6 +60,7 @@ def create_app(settings: DispatchSettings | None = None) -> Flask:
                 _open_by_state_and_level(db),
                 labels=("state", "level"),
             ),
+            *township_gauges(db),
         ],
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,11 +28,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dispatch import domain, services
+from dispatch.metrics import SCHEDULER_ACTIONS, SCHEDULER_LAST_RUN, SCHEDULER_RUNS
 from dispatch.models import DeadlineMark, DigestMark, Issue, IssueHistory, Village
 from dispatch.settings import DispatchSettings
 from shared.clock import to_local, utcnow
 from shared.db import Database
 from shared.events import emit
+from shared.metrics import serve_process_metrics
 
 log = logging.getLogger("dispatch.scheduler")
 
@@ -321,12 +324,34 @@ def run_scheduler(
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
     log.info("dispatch scheduler: every %.0f s", settings.scheduler_interval_seconds)
-    while not stop.is_set():
-        try:
-            report = run_once(db, settings)
-            if report.total():
-                log.info("dispatch scheduler: %s", asdict(report))
-        except Exception:  # logged with its traceback; the next pass tries again
-            log.exception("dispatch scheduler: pass failed; trying again next interval")
-        stop.wait(settings.scheduler_interval_seconds)
+    # Every action and outcome shown from the start, at 0 until it happens.
+    for action in asdict(SchedulerReport()):
+        SCHEDULER_ACTIONS.labels(settings.service_name, action)
+    for outcome in ("ok", "failed"):
+        SCHEDULER_RUNS.labels(settings.service_name, outcome)
+    stop_metrics = serve_process_metrics(settings.metrics_port, settings.metrics_host)
+    try:
+        while not stop.is_set():
+            try:
+                report = run_once(db, settings)
+                if report.total():
+                    log.info("dispatch scheduler: %s", asdict(report))
+            except Exception:  # logged with its traceback; the next pass tries again
+                SCHEDULER_RUNS.labels(settings.service_name, "failed").inc()
+                log.exception("dispatch scheduler: pass failed; trying again next interval")
+            else:
+                record_pass(settings.service_name, report)
+            stop.wait(settings.scheduler_interval_seconds)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     log.info("dispatch scheduler: stopped")
+
+
+def record_pass(service: str, report: SchedulerReport) -> None:
+    """Count a successful pass and what it did, and move the heartbeat the alerts watch."""
+    SCHEDULER_RUNS.labels(service, "ok").inc()
+    for action, done in asdict(report).items():
+        if done:
+            SCHEDULER_ACTIONS.labels(service, action).inc(done)
+    SCHEDULER_LAST_RUN.labels(service).set(time.time())
