@@ -30,11 +30,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dispatch.models import Issue, IssueStatsCount, IssueStatsResolveTime
 from shared.contract import DONE_STATES, SATISFIED_RATINGS
+from shared.db import Upsert
 
 ANY_VILLAGE = uuid.UUID(int=0)
 ANY_CATEGORY = "*"
@@ -257,53 +257,46 @@ event.listen(Session, "do_orm_execute", _on_execute)
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _insert(session: Session, table: sa.Table):
-    dialect = session.get_bind().dialect.name
-    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+_COUNTS = Upsert(
+    IssueStatsCount.__table__,
+    conflict=("village_id", "category", "state", "level"),
+    columns=("village_id", "category", "state", "level", "n", "rated", "satisfied"),
+    add=("n", "rated", "satisfied"),
+)
+_TIMES = Upsert(
+    IssueStatsResolveTime.__table__,
+    conflict=("village_id", "category", "bucket"),
+    columns=("village_id", "category", "bucket", "n"),
+    add=("n",),
+)
 
 
 def apply(session: Session, deltas: Deltas) -> None:
     """Add ``deltas`` to the tables: one upsert per table, rows in key order so that two
     transactions touching the same rows wait for each other instead of deadlocking."""
     deltas = deltas.nonzero()
-    counts = IssueStatsCount.__table__
-    times = IssueStatsResolveTime.__table__
-    if deltas.counts:
-        stmt = _insert(session, counts)
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["village_id", "category", "state", "level"],
-                set_={
-                    "n": counts.c.n + stmt.excluded.n,
-                    "rated": counts.c.rated + stmt.excluded.rated,
-                    "satisfied": counts.c.satisfied + stmt.excluded.satisfied,
-                },
-            ),
-            [
-                {
-                    "village_id": k[0],
-                    "category": k[1],
-                    "state": k[2],
-                    "level": k[3],
-                    "n": v[0],
-                    "rated": v[1],
-                    "satisfied": v[2],
-                }
-                for k, v in sorted(deltas.counts.items(), key=lambda kv: _order(kv[0]))
-            ],
-        )
-    if deltas.times:
-        stmt = _insert(session, times)
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["village_id", "category", "bucket"],
-                set_={"n": times.c.n + stmt.excluded.n},
-            ),
-            [
-                {"village_id": k[0], "category": k[1], "bucket": k[2], "n": n}
-                for k, n in sorted(deltas.times.items(), key=lambda kv: _order(kv[0]))
-            ],
-        )
+    _COUNTS.execute(
+        session,
+        [
+            {
+                "village_id": k[0],
+                "category": k[1],
+                "state": k[2],
+                "level": k[3],
+                "n": v[0],
+                "rated": v[1],
+                "satisfied": v[2],
+            }
+            for k, v in sorted(deltas.counts.items(), key=lambda kv: _order(kv[0]))
+        ],
+    )
+    _TIMES.execute(
+        session,
+        [
+            {"village_id": k[0], "category": k[1], "bucket": k[2], "n": n}
+            for k, n in sorted(deltas.times.items(), key=lambda kv: _order(kv[0]))
+        ],
+    )
 
 
 def _order(key: tuple) -> tuple:

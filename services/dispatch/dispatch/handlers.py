@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from dispatch import services
 from dispatch.settings import DispatchSettings
 from shared.errors import Conflict
-from shared.events import Envelope
+from shared.events import Envelope, load_data
 from shared.settings import SettingsHolder
 
 log = logging.getLogger("dispatch.handlers")
@@ -89,7 +89,7 @@ settings, use_settings = _settings.get, _settings.use
 
 def handle_issue_reported(session: Session, event: Envelope) -> None:
     """A report enters the admin's queue."""
-    services.receive_report(session, ReportedData().load(event.data))
+    services.receive_report(session, load_data(ReportedData, event.data))
 
 
 def handle_issue_rated(session: Session, event: Envelope) -> None:
@@ -97,7 +97,7 @@ def handle_issue_rated(session: Session, event: Envelope) -> None:
 
     A rating naming another resolution than the current one is recorded, not applied.
     """
-    data = RatedData().load(event.data)
+    data = load_data(RatedData, event.data)
     try:
         services.apply_rating(
             session,
@@ -117,22 +117,22 @@ def handle_issue_rated(session: Session, event: Envelope) -> None:
 def handle_account_upserted(session: Session, event: Envelope) -> None:
     """Keep the names and roles of staff (and residents: cheap, and roles may change); an
     older or equal ``revision`` than the one held is ignored."""
-    services.upsert_staff(session, AccountData().load(event.data))
+    services.upsert_staff(session, load_data(AccountData, event.data))
 
 
 def handle_issue_urged(session: Session, event: Envelope) -> None:
     """催办: counted on the item (``urge_count``, ``last_urged_at``) for its holder to see."""
-    services.receive_urge(session, FollowUpData().load(event.data), event.occurred_at)
+    services.receive_urge(session, load_data(FollowUpData, event.data), event.occurred_at)
 
 
 def handle_issue_details_added(session: Session, event: Envelope) -> None:
     """补充说明: the resident's words and photos join the item's history."""
-    services.receive_details(session, FollowUpData().load(event.data), event.occurred_at)
+    services.receive_details(session, load_data(FollowUpData, event.data), event.occurred_at)
 
 
 def handle_issue_withdrawn(session: Session, event: Envelope) -> None:
     """撤回: the item leaves the queue, unless it was assigned meanwhile (then it is kept)."""
-    services.receive_withdrawal(session, FollowUpData().load(event.data), event.occurred_at)
+    services.receive_withdrawal(session, load_data(FollowUpData, event.data), event.occurred_at)
 
 
 SUBSCRIPTIONS = {

@@ -149,8 +149,13 @@ def _require_holder(issue: Issue, actor: Principal) -> None:
 
 def receive_report(session: Session, data: dict[str, Any]) -> Issue | None:
     """A new report lands in the admin's queue; a second delivery of the same report is a no-op."""
-    if session.get(Issue, data["issue_id"]) is not None:
-        return None
+    # No autoflush for this look-up: a consumer batch's earlier reports stay pending and go to
+    # PostgreSQL together (one multi-row INSERT per table) when the batch commits. A report
+    # delivered twice in one batch then fails that commit, and the consumer's one-by-one retry
+    # finds the first and skips the second.
+    with session.no_autoflush:
+        if session.get(Issue, data["issue_id"]) is not None:
+            return None
     issue = Issue(
         id=data["issue_id"],
         ticket_no=data.get("ticket_no"),
@@ -169,8 +174,7 @@ def receive_report(session: Session, data: dict[str, Any]) -> Issue | None:
         state="reported",
         level="grid",
     )
-    session.add(issue)
-    session.flush()
+    session.add(issue)  # no flush: the unit of work inserts the item before its history
     proxy = session.get(Staff, issue.submitted_by) if issue.submitted_by else None
     session.add(
         IssueHistory(

@@ -15,7 +15,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from sqlalchemy.orm import Session
 
 from feed import domain, services
-from shared.events import Envelope
+from shared.events import Envelope, load_data
 
 
 class _Tolerant(Schema):
@@ -66,7 +66,7 @@ def _rows(rows: list[dict]) -> list[dict]:
 
 def handle_leaderboard_published(session: Session, event: Envelope) -> None:
     """The month's 红黑榜 becomes a township post, once per month (a second copy is ignored)."""
-    data = BoardData().load(event.data)
+    data = load_data(BoardData, event.data)
     services.publish_board(
         session, data["period"], _rows(data["top"]), _rows(data["bottom"]), event.occurred_at
     )
@@ -74,12 +74,12 @@ def handle_leaderboard_published(session: Session, event: Envelope) -> None:
 
 def handle_account_upserted(session: Session, event: Envelope) -> None:
     """Names, roles, village and status (newer revisions only); never phones."""
-    services.upsert_person(session, AccountData().load(event.data))
+    services.upsert_person(session, load_data(AccountData, event.data))
 
 
 def handle_village_upserted(session: Session, event: Envelope) -> None:
     """Village names (newer revisions only)."""
-    services.upsert_village(session, VillageData().load(event.data))
+    services.upsert_village(session, load_data(VillageData, event.data))
 
 
 SUBSCRIPTIONS = {

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from intake.domain import LEVELS, RATINGS
 from intake.models import Issue, IssueStep, Media, User, Village
 from shared.clock import local_text
-from shared.events import Envelope
+from shared.events import Envelope, load_data
 
 log = logging.getLogger("intake.handlers")
 
@@ -233,7 +233,7 @@ def _apply_snapshot(session: Session, issue: Issue, snapshot: dict[str, Any], ve
 
 
 def handle_issue_assigned(session: Session, event: Envelope) -> None:
-    data = AssignedData().load(event.data)
+    data = load_data(AssignedData, event.data)
     issue = _issue(session, data["issue_id"])
     if data["department_name"]:
         name = data["department_name"]
@@ -266,7 +266,7 @@ def handle_issue_started(session: Session, event: Envelope) -> None:
 
 
 def handle_issue_escalated(session: Session, event: Envelope) -> None:
-    data = EscalatedData().load(event.data)
+    data = load_data(EscalatedData, event.data)
     issue = _issue(session, data["issue_id"])
     level = data["to_level"]
     title = f"已转交{LEVELS.get(level, level)}协调办理"
@@ -283,7 +283,7 @@ def handle_issue_escalated(session: Session, event: Envelope) -> None:
 
 
 def handle_issue_overdue(session: Session, event: Envelope) -> None:
-    data = OverdueData().load(event.data)
+    data = load_data(OverdueData, event.data)
     issue = _issue(session, data["issue_id"])
     # Overdue changes no state: it is a step the resident sees (督办), nothing more.
     note = f"原定 {local_text(data['due_at'])} 前办结" if data["due_at"] else None
@@ -291,7 +291,7 @@ def handle_issue_overdue(session: Session, event: Envelope) -> None:
 
 
 def handle_issue_resolved(session: Session, event: Envelope) -> None:
-    data = ResolvedData().load(event.data)
+    data = load_data(ResolvedData, event.data)
     issue = _issue(session, data["issue_id"])
     photo_ids = [str(p) for p in data["photo_ids"]]
     if not _versioned(data):
@@ -335,7 +335,7 @@ def _attach_result_photos(
 
 
 def handle_issue_reopened(session: Session, event: Envelope) -> None:
-    data = ReopenedData().load(event.data)
+    data = load_data(ReopenedData, event.data)
     issue = _issue(session, data["issue_id"])
     title = REOPEN_REASONS.get(data["reason"], "重新办理")
     leader = _snap(data, "follower_name") or _staff_name(session, data.get("area_leader_id"))
@@ -350,7 +350,7 @@ def handle_issue_reopened(session: Session, event: Envelope) -> None:
 
 
 def handle_issue_closed(session: Session, event: Envelope) -> None:
-    data = ClosedData().load(event.data)
+    data = load_data(ClosedData, event.data)
     issue = _issue(session, data["issue_id"])
     rating = data.get("rating")
     note = f"群众评价：{RATINGS[rating]}" if rating in RATINGS else None
@@ -362,7 +362,7 @@ def handle_issue_closed(session: Session, event: Envelope) -> None:
 
 
 def handle_issue_rejected(session: Session, event: Envelope) -> None:
-    data = RejectedData().load(event.data)
+    data = load_data(RejectedData, event.data)
     issue = _issue(session, data["issue_id"])
     title = "不予受理"
     if data["duplicate_of"] is not None:
@@ -383,7 +383,7 @@ def _ticket_no(session: Session, issue_id: uuid.UUID) -> str | None:
 
 def handle_issue_callback_recorded(session: Session, event: Envelope) -> None:
     """督导组回访 (回头看): the resident sees the verdict, never the supervisor's notes."""
-    data = CallbackData().load(event.data)
+    data = load_data(CallbackData, event.data)
     issue = _issue(session, data["issue_id"])
     method = CALLBACK_METHODS.get(data.get("method") or "", "")
     verdict = "满意" if data.get("accepted") else "不满意"
@@ -398,7 +398,7 @@ def handle_issue_callback_recorded(session: Session, event: Envelope) -> None:
 
 def handle_issue_withdrawal_declined(session: Session, event: Envelope) -> None:
     """dispatch had already taken the report on when the resident withdrew it: it goes on."""
-    data = WithdrawalDeclinedData().load(event.data)
+    data = load_data(WithdrawalDeclinedData, event.data)
     issue = _issue(session, data["issue_id"])
     note = data.get("reason") or "事项已交办，将继续办理"
     # The snapshot it carries (newer than any held) brings back the state dispatch keeps.
@@ -407,7 +407,7 @@ def handle_issue_withdrawal_declined(session: Session, event: Envelope) -> None:
 
 def handle_village_upserted(session: Session, event: Envelope) -> None:
     """Keep the village; a ``revision`` not newer than the one held is a stale snapshot."""
-    data = VillageData().load(event.data)
+    data = load_data(VillageData, event.data)
     village = session.get(Village, data["village_id"], with_for_update=True)
     revision = data["revision"]
     if village is None:
@@ -471,7 +471,7 @@ def _make_public(
 
 def handle_news_published(session: Session, event: Envelope) -> None:
     """The photos of published news become public (its cover and the body's images)."""
-    data = NewsPublishedData().load(event.data)
+    data = load_data(NewsPublishedData, event.data)
     ids = list(data["media_ids"]) + ([data["cover_media_id"]] if data["cover_media_id"] else [])
     people = {data["author_id"], data["published_by"], *data["editor_ids"]} - {None}
     _make_public(session, ids, people, f"news {data['id']}")
@@ -479,7 +479,7 @@ def handle_news_published(session: Session, event: Envelope) -> None:
 
 def handle_post_published(session: Session, event: Envelope) -> None:
     """The photos of a party post become public."""
-    data = PostPublishedData().load(event.data)
+    data = load_data(PostPublishedData, event.data)
     people = {data["author_id"]} - {None}
     _make_public(session, list(data["photo_ids"]), people, f"post {data['id']}")
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import Counter
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -30,7 +29,7 @@ from intake.models import (
 from intake.settings import IntakeSettings
 from shared.auth import Principal
 from shared.clock import local_text, utcnow
-from shared.db import Database, after_commit
+from shared.db import Database, Upsert, after_commit
 from shared.errors import (
     Conflict,
     Forbidden,
@@ -80,16 +79,17 @@ class NewReport:
 
 def next_ticket_seq(session: Session, day: str) -> int:
     """Take the next number of the day atomically (safe with many web workers)."""
-    dialect = session.get_bind().dialect.name
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(TicketCounter)
-    stmt = (
-        insert.values(day=day, last=1)
-        .on_conflict_do_update(
-            index_elements=[TicketCounter.day], set_={"last": TicketCounter.last + 1}
-        )
-        .returning(TicketCounter.last)
-    )
-    return session.execute(stmt).scalar_one()
+    return _TICKET_COUNTER.execute(session, [{"day": day, "last": 1}]).scalar_one()
+
+
+# One cached statement (shared.db.Upsert says why): a new day starts at 1, a known day adds 1.
+_TICKET_COUNTER = Upsert(
+    TicketCounter.__table__,
+    conflict=("day",),
+    columns=("day", "last"),
+    add=("last",),
+    returning=("last",),
+)
 
 
 def _check_report(session: Session, reporter_id: uuid.UUID, report: NewReport) -> list[Media]:

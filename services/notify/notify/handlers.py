@@ -19,7 +19,7 @@ from notify import services
 from notify.services import Link
 from notify.settings import NotifySettings
 from notify.templates import level_label, period_label, rating_label
-from shared.events import Envelope
+from shared.events import Envelope, load_data
 from shared.settings import SettingsHolder
 
 REOPEN_REASONS = {
@@ -133,7 +133,7 @@ settings, use_settings = _settings.get, _settings.use
 
 
 def _step(session: Session, event: Envelope):
-    data = IssueStep().load(event.data)
+    data = load_data(IssueStep, event.data)
     return data, services.apply_step(session, data)
 
 
@@ -144,7 +144,7 @@ def _tell_issue(session, event, kind, recipients, issue, **extra) -> None:
 
 def handle_issue_reported(session: Session, event: Envelope) -> None:
     """A new report: the township admins, and the grid workers and leaders of its village."""
-    data = ReportedData().load(event.data)
+    data = load_data(ReportedData, event.data)
     issue = services.remember_report(session, data)
     recipients = services.with_role(
         session, "admin", village_id=issue.village_id, or_in_village=("grid_worker", "grid_leader")
@@ -269,7 +269,7 @@ def handle_issue_step(session: Session, event: Envelope) -> None:
 
 def handle_issue_urged(session: Session, event: Envelope) -> None:
     """A resident's urge (催办): whoever holds the item now and the grid leader."""
-    data = UrgedData().load(event.data)
+    data = load_data(UrgedData, event.data)
     issue = services.apply_step(session, {"issue_id": data["issue_id"]})
     recipients = [*services.holders(session, issue), issue.grid_leader_id]
     _tell_issue(session, event, "urged", recipients, issue, count=data["urge_count"])
@@ -277,7 +277,7 @@ def handle_issue_urged(session: Session, event: Envelope) -> None:
 
 def handle_points_awarded(session: Session, event: Envelope) -> None:
     """The worker whose points changed."""
-    data = PointsData().load(event.data)
+    data = load_data(PointsData, event.data)
     points = data["points"]
     change = f"增加 {points} 分" if points > 0 else f"减少 {-points} 分" if points < 0 else "不变"
     variables = {
@@ -300,7 +300,7 @@ def handle_points_awarded(session: Session, event: Envelope) -> None:
 
 def handle_leaderboard_published(session: Session, event: Envelope) -> None:
     """Every grid worker and grid leader: the month's 红黑榜 is out."""
-    data = BoardData().load(event.data)
+    data = load_data(BoardData, event.data)
     services.tell(
         session,
         settings(),
@@ -314,7 +314,7 @@ def handle_leaderboard_published(session: Session, event: Envelope) -> None:
 
 def handle_callbacks_pending(session: Session, event: Envelope) -> None:
     """The supervisors, once a day: how many closed items wait for a callback (回头看)."""
-    data = CallbacksData().load(event.data)
+    data = load_data(CallbacksData, event.data)
     if data["count"] <= 0:
         return
     services.tell(
@@ -330,7 +330,7 @@ def handle_callbacks_pending(session: Session, event: Envelope) -> None:
 
 def handle_news_published(session: Session, event: Envelope) -> None:
     """Residents who follow the township's news."""
-    data = NewsData().load(event.data)
+    data = load_data(NewsData, event.data)
     services.tell(
         session,
         settings(),
@@ -344,12 +344,12 @@ def handle_news_published(session: Session, event: Envelope) -> None:
 
 def handle_account_upserted(session: Session, event: Envelope) -> None:
     """Names, roles, village, phone and openid (newer revisions only)."""
-    services.upsert_person(session, AccountData().load(event.data))
+    services.upsert_person(session, load_data(AccountData, event.data))
 
 
 def handle_village_upserted(session: Session, event: Envelope) -> None:
     """Village names (shown in messages) and area leaders (newer revisions only)."""
-    services.upsert_village(session, VillageData().load(event.data))
+    services.upsert_village(session, load_data(VillageData, event.data))
 
 
 SUBSCRIPTIONS = {

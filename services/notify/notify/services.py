@@ -8,7 +8,6 @@ channel): both inserts skip what is already there, so a redelivered event adds n
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import uuid
@@ -26,7 +25,7 @@ from notify.metrics import NOTIFICATIONS_SENT
 from notify.models import Delivery, Issue, Notification, Person, PersonRole, Preference, Village
 from notify.settings import NotifySettings
 from shared.clock import utcnow
-from shared.db import Database
+from shared.db import Database, Upsert
 from shared.errors import Invalid, NotFound
 from shared.events import Envelope
 from shared.pagination import keyset_page
@@ -113,22 +112,25 @@ def remember_report(session: Session, data: dict[str, Any]) -> Issue:
 
     One upsert that locks the row and returns it, instead of a read, an insert and a read."""
     return session.scalars(
-        _remember_report_statement(session.get_bind().dialect.name),
-        {"id": data["issue_id"], **{name: data.get(name) or None for name in _REPORTED}},
+        sa.select(Issue).from_statement(_REMEMBER_REPORT.statement()),
+        {
+            "id": data["issue_id"],
+            "version": 0,
+            "holder_ids": [],
+            **{name: data.get(name) or None for name in _REPORTED},
+        },
         execution_options={"populate_existing": True},
     ).one()
 
 
-@functools.cache
-def _remember_report_statement(dialect: str) -> Any:
-    """Built once per dialect: the statement is the same for every event."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = Issue.__table__
-    stmt = insert(Issue).values(id=sa.bindparam("id"), **{n: sa.bindparam(n) for n in _REPORTED})
-    return stmt.on_conflict_do_update(
-        index_elements=[table.c.id],
-        set_={n: sa.func.coalesce(stmt.excluded[n], table.c[n]) for n in _REPORTED},
-    ).returning(Issue)
+# The same statement for every event (shared.db.Upsert says why it is not an ORM insert).
+_REMEMBER_REPORT = Upsert(
+    Issue.__table__,
+    conflict=("id",),
+    columns=("id", *_REPORTED, "version", "holder_ids"),
+    coalesce=_REPORTED,
+    returning=tuple(column.name for column in Issue.__table__.columns),
+)
 
 
 def apply_step(session: Session, data: dict[str, Any]) -> Issue:
@@ -294,9 +296,8 @@ def tell(
     wanted = [u for u in wanted if u not in people or people[u][0].active]
     if not wanted:
         return 0
-    dialect = session.get_bind().dialect.name
-    made = session.execute(
-        _inbox_statement(dialect),
+    made = _INBOX.execute(
+        session,
         [
             {
                 "id": uuid.uuid4(),
@@ -344,27 +345,50 @@ def tell(
                 }
             )
     if rows:
-        session.execute(_deliveries_statement(dialect), rows)
+        _DELIVERIES.execute(session, rows)
     return len(made)
 
 
-@functools.cache
-def _inbox_statement(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = Notification.__table__
-    return (
-        insert(table)
-        .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
-        .returning(table.c.id, table.c.user_id)
-    )
-
-
-@functools.cache
-def _deliveries_statement(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(Delivery.__table__).on_conflict_do_nothing(
-        index_elements=["event_id", "user_id", "channel"]
-    )
+# Cached ON CONFLICT statements (shared.db.Upsert says why): a person an event told already is
+# skipped, and so is a delivery made already.
+_INBOX = Upsert(
+    Notification.__table__,
+    conflict=("event_id", "user_id"),
+    columns=(
+        "id",
+        "user_id",
+        "event_id",
+        "event_type",
+        "kind",
+        "title",
+        "body",
+        "link_type",
+        "link_id",
+        "variables",
+        "created_at",
+        "read_at",
+    ),
+    returning=("id", "user_id"),
+)
+_DELIVERIES = Upsert(
+    Delivery.__table__,
+    conflict=("event_id", "user_id", "channel"),
+    columns=(
+        "id",
+        "notification_id",
+        "event_id",
+        "user_id",
+        "channel",
+        "kind",
+        "address",
+        "status",
+        "urgent",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+        "updated_at",
+    ),
+)
 
 
 def _channels_for(

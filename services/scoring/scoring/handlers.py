@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from scoring import services
 from scoring.settings import ScoringSettings
-from shared.events import Envelope
+from shared.events import Envelope, load_data
 from shared.settings import SettingsHolder
 
 
@@ -114,13 +114,13 @@ settings, use_settings = _settings.get, _settings.use
 
 def handle_issue_reported(session: Session, event: Envelope) -> None:
     """Only the ticket number, shown beside each ledger entry."""
-    data = ReportedData().load(event.data)
+    data = load_data(ReportedData, event.data)
     services.record_ticket(session, data["issue_id"], data["ticket_no"])
 
 
 def handle_issue_assigned(session: Session, event: Envelope) -> None:
     """Assignee, grid, grid leader, difficulty, deadline; one more assignment to respond to."""
-    services.receive_assignment(session, event, AssignedData().load(event.data))
+    services.receive_assignment(session, event, load_data(AssignedData, event.data))
 
 
 def handle_issue_started(session: Session, event: Envelope) -> None:
@@ -130,26 +130,26 @@ def handle_issue_started(session: Session, event: Envelope) -> None:
 
 def handle_issue_resolved(session: Session, event: Envelope) -> None:
     """Award points on resolution to the resolver: difficulty when on time, else the late rule."""
-    services.receive_resolution(session, event, ResolvedData().load(event.data))
+    services.receive_resolution(session, event, load_data(ResolvedData, event.data))
 
 
 def handle_issue_rated(session: Session, event: Envelope) -> None:
     """满意 +1, 基本满意 0, 不满意 −1 to the resolver of the rated resolution."""
-    services.receive_rating(session, event, RatedData().load(event.data))
+    services.receive_rating(session, event, load_data(RatedData, event.data))
 
 
 def handle_issue_reopened(session: Session, event: Envelope) -> None:
     """Claw back the on-time points of the resolution that did not hold."""
-    services.receive_reopen(session, event, ReopenedData().load(event.data))
+    services.receive_reopen(session, event, load_data(ReopenedData, event.data))
 
 
 def handle_issue_callback_recorded(session: Session, event: Envelope) -> None:
     """A failed callback costs the resolver (−2 by default)."""
-    services.receive_callback(session, event, CallbackData().load(event.data))
+    services.receive_callback(session, event, load_data(CallbackData, event.data))
 
 
 def handle_issue_closed(session: Session, event: Envelope) -> None:
-    services.receive_close(session, event, ClosedData().load(event.data))
+    services.receive_close(session, event, load_data(ClosedData, event.data))
 
 
 def handle_issue_overdue(session: Session, event: Envelope) -> None:
@@ -158,12 +158,12 @@ def handle_issue_overdue(session: Session, event: Envelope) -> None:
 
 def handle_account_upserted(session: Session, event: Envelope) -> None:
     """Names, roles, village and status (newer revisions only); never phones."""
-    services.upsert_person(session, AccountData().load(event.data))
+    services.upsert_person(session, load_data(AccountData, event.data))
 
 
 def handle_village_upserted(session: Session, event: Envelope) -> None:
     """Village names and area leaders (newer revisions only)."""
-    services.upsert_village(session, VillageData().load(event.data))
+    services.upsert_village(session, load_data(VillageData, event.data))
 
 
 SUBSCRIPTIONS = {

@@ -8,6 +8,7 @@ Published by scoring: ``points.awarded`` (``award``), ``leaderboard.published``
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -15,7 +16,6 @@ from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from scoring import domain
@@ -33,7 +33,7 @@ from scoring.models import (
 from scoring.settings import ScoringSettings
 from shared.auth import Principal
 from shared.clock import utcnow
-from shared.db import after_commit
+from shared.db import Upsert, after_commit
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events import Envelope, emit
 
@@ -42,10 +42,29 @@ log = logging.getLogger("scoring.services")
 BOARD_ROLES = frozenset({"grid_worker", "grid_leader"})
 
 
-def _insert(session: Session, table: Any):
-    """INSERT with ON CONFLICT for the session's dialect (PostgreSQL, or SQLite embedded)."""
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+# Hot inserts as cached ON CONFLICT statements (shared.db.Upsert says why).
+_ASSIGNMENT = Upsert(
+    Assignment.__table__,
+    conflict=("event_id",),
+    columns=("event_id", "issue_id", "assignee_id", "assigned_at", "responded", "period_month"),
+    returning=("event_id",),
+)
+_RESOLUTION = Upsert(
+    Resolution.__table__,
+    conflict=("issue_id", "resolution_no"),
+    columns=(
+        "issue_id",
+        "resolution_no",
+        "resolver_id",
+        "difficulty",
+        "due_at",
+        "resolved_at",
+        "on_time",
+        "points",
+        "reopened",
+        "clawed_back",
+    ),
+)
 
 
 # --- people and villages -------------------------------------------------------------------------
@@ -273,24 +292,24 @@ def _award(
     """``award`` without reading the entry back: its id, or None when it was there already."""
     month = domain.month_of(occurred_at)
     entry_id = uuid.uuid4()
-    inserted = session.execute(
-        _insert(session, PointsEntry.__table__)
-        .values(
-            id=entry_id,
-            user_id=user_id,
-            points=result.points,
-            rule_code=result.code,
-            rule_version=result.rule.version,
-            issue_id=issue.id if issue else None,
-            ticket_no=issue.ticket_no if issue else None,
-            resolution_no=resolution_no,
-            source_event_id=event.id,
-            occurred_at=occurred_at,
-            period_month=month,
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["source_event_id", "rule_code"])
-        .returning(PointsEntry.id)
+    inserted = _POINTS_ENTRY.execute(
+        session,
+        [
+            {
+                "id": entry_id,
+                "user_id": user_id,
+                "points": result.points,
+                "rule_code": result.code,
+                "rule_version": result.rule.version,
+                "issue_id": issue.id if issue else None,
+                "ticket_no": issue.ticket_no if issue else None,
+                "resolution_no": resolution_no,
+                "source_event_id": event.id,
+                "occurred_at": occurred_at,
+                "period_month": month,
+                "created_at": utcnow(),
+            }
+        ],
     ).scalar_one_or_none()
     if inserted is None:
         return None
@@ -320,20 +339,47 @@ def add_to_totals(
 ) -> None:
     """Add to the user's month, quarter, year and all-time totals (one upsert of four rows;
     concurrent workers add, never overwrite)."""
-    table = ScoreTotal.__table__
-    zeros = {c: 0 for c in (*domain.TOTAL_COUNTS, "points", "entries")}
-    stmt = _insert(session, table).values(
+    zeros = {c: 0 for c in _TOTAL_COLUMNS}
+    _totals_upsert(tuple(sorted(increments))).execute(
+        session,
         [
             {"period": period, "user_id": user_id, **zeros, **increments}
             for period in domain.periods_of_month(month)
-        ]
+        ],
     )
+
+
+_POINTS_ENTRY = Upsert(
+    PointsEntry.__table__,
+    conflict=("source_event_id", "rule_code"),
+    columns=(
+        "id",
+        "user_id",
+        "points",
+        "rule_code",
+        "rule_version",
+        "issue_id",
+        "ticket_no",
+        "resolution_no",
+        "source_event_id",
+        "occurred_at",
+        "period_month",
+        "created_at",
+    ),
+    returning=("id",),
+)
+_TOTAL_COLUMNS = (*domain.TOTAL_COUNTS, "points", "entries")
+
+
+@functools.cache
+def _totals_upsert(increments: tuple[str, ...]) -> Upsert:
     # A new row starts at the increments, so EXCLUDED holds exactly what to add to a row.
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["period", "user_id"],
-        set_={c: table.c[c] + stmt.excluded[c] for c in increments},
+    return Upsert(
+        ScoreTotal.__table__,
+        conflict=("period", "user_id"),
+        columns=("period", "user_id", *_TOTAL_COLUMNS),
+        add=increments,
     )
-    session.execute(stmt)
 
 
 # --- the events ----------------------------------------------------------------------------------
@@ -366,18 +412,18 @@ def receive_assignment(
         person.grid_id = data["grid_id"]
         person.grid_leader_id = data.get("grid_leader_id")
     month = domain.month_of(assigned_at)
-    inserted = session.execute(
-        _insert(session, Assignment.__table__)
-        .values(
-            event_id=event.id,
-            issue_id=issue.id,
-            assignee_id=assignee_id,
-            assigned_at=assigned_at,
-            responded=False,
-            period_month=month,
-        )
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(Assignment.event_id)
+    inserted = _ASSIGNMENT.execute(
+        session,
+        [
+            {
+                "event_id": event.id,
+                "issue_id": issue.id,
+                "assignee_id": assignee_id,
+                "assigned_at": assigned_at,
+                "responded": False,
+                "period_month": month,
+            }
+        ],
     ).scalar_one_or_none()
     if inserted is None:
         return None
@@ -455,21 +501,22 @@ def receive_resolution(session: Session, event: Envelope, data: dict[str, Any]) 
     )
     if entry_id is None:
         return
-    session.execute(
-        _insert(session, Resolution.__table__)
-        .values(
-            issue_id=issue.id,
-            resolution_no=resolution_no,
-            resolver_id=resolver_id,
-            difficulty=difficulty,
-            due_at=due_at,
-            resolved_at=resolved_at,
-            on_time=on_time,
-            points=result.points if on_time else 0,
-            reopened=False,
-            clawed_back=0,
-        )
-        .on_conflict_do_nothing(index_elements=["issue_id", "resolution_no"])
+    _RESOLUTION.execute(
+        session,
+        [
+            {
+                "issue_id": issue.id,
+                "resolution_no": resolution_no,
+                "resolver_id": resolver_id,
+                "difficulty": difficulty,
+                "due_at": due_at,
+                "resolved_at": resolved_at,
+                "on_time": on_time,
+                "points": result.points if on_time else 0,
+                "reopened": False,
+                "clawed_back": 0,
+            }
+        ],
     )
 
 
