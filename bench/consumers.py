@@ -15,13 +15,15 @@ per service times the handler alone (direct calls, one transaction per 100 event
 no inbox): the ceiling the consumer's plumbing leaves room for.
 
     .venv/bin/python -m bench.run --only consumers          # 100 k events, median of 3
-    .venv/bin/python -m bench.run --smoke --only consumers  # 2 k events, once
+    .venv/bin/python -m bench.run --smoke --only consumers  # 300 events, once
+    BENCH_CONSUMER_EVENTS=5000 .venv/bin/python -m bench.run --only consumers --repeats 1
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 import threading
 import time
@@ -350,8 +352,9 @@ def _in_own_process(what: str, name: str, n: int) -> float:
 
 def run(ctx: Context) -> list[Result]:
     # Smoke: small enough to finish within a minute on a busy two-core machine.
-    n = ctx.size(100_000, 300)
-    alone = ctx.size(10_000, 100)
+    # BENCH_CONSUMER_EVENTS: another queue size (100 k takes about an hour on 2 cores).
+    n = int(os.environ.get("BENCH_CONSUMER_EVENTS") or ctx.size(100_000, 300))
+    alone = max(100, n // 10)
     defaults = ServiceSettings()
     reference, reference_runs = median_of(
         ctx.repeats, lambda: _in_own_process("reference", "bench", n)
