@@ -63,20 +63,8 @@ MIX = [
     ("callback_passed", 0.07),
     ("callback_failed", 0.02),
 ]
-LEDGER_COLUMNS = (
-    "id",
-    "user_id",
-    "points",
-    "rule_code",
-    "rule_version",
-    "issue_id",
-    "ticket_no",
-    "resolution_no",
-    "source_event_id",
-    "occurred_at",
-    "period_month",
-    "created_at",
-)
+# The ledger's columns in the order scoring's own insert names them.
+LEDGER_COLUMNS = services.POINTS_ENTRY.columns
 
 
 def months_back(now: datetime, count: int) -> list[tuple[datetime, datetime]]:

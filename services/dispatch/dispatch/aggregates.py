@@ -275,28 +275,31 @@ def apply(session: Session, deltas: Deltas) -> None:
     """Add ``deltas`` to the tables: one upsert per table, rows in key order so that two
     transactions touching the same rows wait for each other instead of deadlocking."""
     deltas = deltas.nonzero()
-    _COUNTS.execute(
-        session,
-        [
-            {
-                "village_id": k[0],
-                "category": k[1],
-                "state": k[2],
-                "level": k[3],
-                "n": v[0],
-                "rated": v[1],
-                "satisfied": v[2],
-            }
-            for k, v in sorted(deltas.counts.items(), key=lambda kv: _order(kv[0]))
-        ],
-    )
-    _TIMES.execute(
-        session,
-        [
-            {"village_id": k[0], "category": k[1], "bucket": k[2], "n": n}
-            for k, n in sorted(deltas.times.items(), key=lambda kv: _order(kv[0]))
-        ],
-    )
+    _COUNTS.execute(session, _count_rows(sorted(deltas.counts.items(), key=_by_key)))
+    _TIMES.execute(session, _time_rows(sorted(deltas.times.items(), key=_by_key)))
+
+
+def _count_rows(items: Iterable[tuple[tuple, tuple]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "village_id": k[0],
+            "category": k[1],
+            "state": k[2],
+            "level": k[3],
+            "n": v[0],
+            "rated": v[1],
+            "satisfied": v[2],
+        }
+        for k, v in items
+    ]
+
+
+def _time_rows(items: Iterable[tuple[tuple, int]]) -> list[dict[str, Any]]:
+    return [{"village_id": k[0], "category": k[1], "bucket": k[2], "n": n} for k, n in items]
+
+
+def _by_key(item: tuple[tuple, Any]) -> tuple:
+    return _order(item[0])
 
 
 def _order(key: tuple) -> tuple:
@@ -391,27 +394,10 @@ def rebuild(session: Session, *, fix: bool) -> list[Difference]:
 
 
 def _write(session: Session, deltas: Deltas) -> None:
-    for chunk in _chunks(sorted(deltas.counts.items(), key=lambda kv: _order(kv[0])), 5000):
-        session.execute(
-            sa.insert(IssueStatsCount.__table__),
-            [
-                {
-                    "village_id": k[0],
-                    "category": k[1],
-                    "state": k[2],
-                    "level": k[3],
-                    "n": v[0],
-                    "rated": v[1],
-                    "satisfied": v[2],
-                }
-                for k, v in chunk
-            ],
-        )
-    for chunk in _chunks(sorted(deltas.times.items(), key=lambda kv: _order(kv[0])), 5000):
-        session.execute(
-            sa.insert(IssueStatsResolveTime.__table__),
-            [{"village_id": k[0], "category": k[1], "bucket": k[2], "n": n} for k, n in chunk],
-        )
+    for chunk in _chunks(sorted(deltas.counts.items(), key=_by_key), 5000):
+        session.execute(sa.insert(IssueStatsCount.__table__), _count_rows(chunk))
+    for chunk in _chunks(sorted(deltas.times.items(), key=_by_key), 5000):
+        session.execute(sa.insert(IssueStatsResolveTime.__table__), _time_rows(chunk))
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -292,7 +292,7 @@ def _award(
     """``award`` without reading the entry back: its id, or None when it was there already."""
     month = domain.month_of(occurred_at)
     entry_id = uuid.uuid4()
-    inserted = _POINTS_ENTRY.execute(
+    inserted = POINTS_ENTRY.execute(
         session,
         [
             {
@@ -349,7 +349,7 @@ def add_to_totals(
     )
 
 
-_POINTS_ENTRY = Upsert(
+POINTS_ENTRY = Upsert(
     PointsEntry.__table__,
     conflict=("source_event_id", "rule_code"),
     columns=(
