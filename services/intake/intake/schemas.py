@@ -252,7 +252,7 @@ class IssueOut(IssueSummaryOut):
     submitted_by = fields.UUID(allow_none=True)
     urge_count = fields.Integer()
     last_urged_at = LocalDateTime(allow_none=True)
-    timeline = fields.List(fields.Nested(StepOut), attribute="steps")
+    timeline = fields.List(fields.Nested(StepOut), attribute="timeline_rows")
     # Rejected as a duplicate: the original's number and progress (its reporter's data stays out).
     duplicate_of = fields.Nested(OriginalProgressOut, allow_none=True)
 
