@@ -155,17 +155,20 @@ RUNNING: list[Harness] = []
 
 @pytest.fixture(scope="module")
 def harness(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     rabbit_server: RabbitServer,
     migrated_database: Callable[..., str],
     jwt_keys,
 ) -> Iterator[Harness]:
-    """Every service's web, worker (and scheduler) as real processes until the module ends."""
+    """Every service's web, worker (and scheduler) as real processes until the module ends;
+    a module's ``SYSTEM_COPIES = 2`` runs every worker and scheduler twice."""
     system = Harness(
         tmp_path_factory.mktemp("e2e"),
         lambda service: migrated_database(service, prefix=f"e2e_{service}"),
         rabbit_server.create_vhost("e2e"),
         jwt_keys,
+        copies=getattr(request.module, "SYSTEM_COPIES", 1),
     )
     RUNNING.append(system)
     try:

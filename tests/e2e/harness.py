@@ -8,6 +8,11 @@ share one fresh RabbitMQ vhost.
 Each process is the real command line (``python -m <service> web|worker|scheduler``) in a session
 of its own, so that killing it takes its gunicorn workers too and nothing outlives the test.
 
+With ``copies=2`` every worker and scheduler runs twice, as a deployment that scales them out
+does: the second copy of dispatch's worker is the process ``"worker#2"`` (its own metrics folder
+and port, its own logs); ``"worker"`` is always the first copy. ``processes(service)`` names
+them all, and ``kill``/``start``/``metrics_url`` take those names.
+
 Adding a service (feed, notify) is one line in ``SERVICES``::
 
     ServiceSpec("feed"),                                      # web + worker
@@ -21,6 +26,8 @@ Example::
     harness.kill("dispatch", "worker")          # SIGKILL
     harness.start("dispatch", "worker")         # back, waits until it consumes again
     harness.stop_all()                          # SIGTERM, then SIGKILL; no orphans
+
+    Harness(tmp, make_database, amqp_url, jwt_keys, copies=2)   # two of each worker/scheduler
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import pika
 import requests
 import sqlalchemy as sa
 
+from shared.auth import STAFF_ROLES
 from shared.testing import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +57,15 @@ PYTHON = sys.executable
 READY_TIMEOUT = 60.0
 PASSED_ON = frozenset({"PATH", "HOME", "USER", "LANG", "TMPDIR", "LD_LIBRARY_PATH", "TZ"})
 STOP_TIMEOUT = 15.0
-# Processes without a web server that serve their own /metrics on METRICS_PORT.
+# Processes without a web server that serve their own /metrics on METRICS_PORT; with
+# ``copies`` > 1 these are the ones that run several times.
 METRICS_PORT_PROCESSES = frozenset({"worker", "scheduler"})
+COPY_MARK = "#"
+
+
+def kind_of(process: str) -> str:
+    """The command of a process name: ``"worker#2"`` (second copy) runs ``worker``."""
+    return process.split(COPY_MARK, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,15 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "dispatch",
         processes=("web", "worker", "scheduler"),
-        env={"SCHEDULER_INTERVAL_SECONDS": "1"},
+        env={
+            "SCHEDULER_INTERVAL_SECONDS": "1",
+            # An overdue item climbs one level 7 s after its deadline instead of a day, so a
+            # journey sees the whole ladder (tests give the deadline, a few seconds ahead).
+            "OVERDUE_GRACE_HOURS": "0.002",
+            # Every closed item waits for the supervisors' callback (回头看), not a 10 % sample:
+            # a journey's item is certainly on their list.
+            "CALLBACK_SAMPLE_SHARE": "1",
+        },
     ),
     # Web + worker; its worker consumes scoring.events (accounts, villages, the issue steps).
     ServiceSpec("scoring"),
@@ -149,18 +172,22 @@ class Harness:
         amqp_url: str,
         jwt_keys: tuple[Path, Path],
         specs: Iterable[ServiceSpec] = SERVICES,
+        copies: int = 1,
     ) -> None:
+        assert copies >= 1, "at least one copy of each process"
         self.folder = folder
         self.amqp_url = amqp_url
         self.specs = {spec.name: spec for spec in specs}
+        self.copies = copies
         self.private_key, self.public_key = jwt_keys
-        self.ports = {name: free_port() for name in self.specs}
+        self._ports_given: set[int] = set()
+        self.ports = {name: self._free_port() for name in self.specs}
         # Worker-type processes serve their own /metrics (METRICS_PORT) from their own folder.
         self.metrics_ports = {
-            (name, kind): free_port()
-            for name, spec in self.specs.items()
-            for kind in spec.processes
-            if kind in METRICS_PORT_PROCESSES
+            (name, process): self._free_port()
+            for name in self.specs
+            for process in self.processes(name)
+            if kind_of(process) in METRICS_PORT_PROCESSES
         }
         self.database_urls = {name: database(name) for name in self.specs}
         self.procs: dict[tuple[str, str], Proc] = {}
@@ -168,6 +195,24 @@ class Harness:
         self._engines: dict[str, sa.Engine] = {}
 
     # --- what tests read -----------------------------------------------------------------------
+
+    def _free_port(self) -> int:
+        """A free port this harness has not handed out yet."""
+        for _ in range(100):
+            port = free_port()
+            if port not in self._ports_given:
+                self._ports_given.add(port)
+                return port
+        raise AssertionError("no free port")
+
+    def processes(self, service: str) -> list[str]:
+        """The names of the service's processes: ``web``, ``worker``, ``worker#2``..."""
+        names = []
+        for kind in self.specs[service].processes:
+            names.append(kind)
+            if kind in METRICS_PORT_PROCESSES:
+                names.extend(f"{kind}{COPY_MARK}{n}" for n in range(2, self.copies + 1))
+        return names
 
     def url(self, service: str) -> str:
         """Base URL of the service's web process, e.g. ``http://127.0.0.1:41234``."""
@@ -213,7 +258,8 @@ class Harness:
     def env(self, service: str, kind: str | None = None) -> dict[str, str]:
         """The environment of one process (``kind``) or one-shot command (None) of ``service``."""
         base = self.service_dir(service)
-        metrics = f"metrics-{kind}" if kind in METRICS_PORT_PROCESSES else "metrics"
+        copied = kind is not None and kind_of(kind) in METRICS_PORT_PROCESSES
+        metrics = f"metrics-{kind.replace(COPY_MARK, '-')}" if copied else "metrics"
         # Only the basics of the caller's environment: a setting in the developer's shell
         # (DATABASE_URL, MEDIA_S3_BUCKET, APP_ENV...) must not reach the system under test.
         env = {k: v for k, v in os.environ.items() if k in PASSED_ON or k.startswith("LC_")}
@@ -290,7 +336,7 @@ class Harness:
             for name, spec in self.specs.items()
             if spec.consumes
         ]
-        order = [(n, k) for n, spec in self.specs.items() for k in spec.processes]
+        order = [(n, k) for n in self.specs for k in self.processes(n)]
         for name, kind in order:
             if kind == "web":
                 self.start(name, kind, wait=False)
@@ -310,14 +356,20 @@ class Harness:
             try:
                 self.wait_ready(name, kind)
             except ProcessDied as died:
-                # The free port was taken between our look and gunicorn's bind: once more.
-                if kind != "web" or "in use" not in str(died):
+                # The free port was taken between our look and the bind (gunicorn's, or the
+                # metrics server's): once more on another.
+                binds = kind == "web" or (name, kind) in self.metrics_ports
+                if not binds or "in use" not in str(died):
                     raise
-                self.ports[name] = free_port()
+                if kind == "web":
+                    self.ports[name] = self._free_port()
+                else:
+                    self.metrics_ports[(name, kind)] = self._free_port()
                 self.start(name, kind)
 
     def start(self, service: str, kind: str, *, wait: bool = True) -> Proc:
-        """Start (or start again) one process; with ``wait``, return once it is ready."""
+        """Start (or start again) one process (``kind``: a name of ``processes``, e.g.
+        ``worker`` or ``worker#2``); with ``wait``, return once it is ready."""
         key = (service, kind)
         old = self.procs.get(key)
         assert old is None or not old.alive, f"{service} {kind} is already running"
@@ -325,10 +377,11 @@ class Harness:
         self.runs[key] = run
         logs = self.service_dir(service) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        stdout, stderr = logs / f"{kind}.{run}.out", logs / f"{kind}.{run}.err"
+        name = kind.replace(COPY_MARK, "-")
+        stdout, stderr = logs / f"{name}.{run}.out", logs / f"{name}.{run}.err"
         with stdout.open("wb") as out, stderr.open("wb") as err:
             popen = subprocess.Popen(
-                [PYTHON, "-m", service, kind],
+                [PYTHON, "-m", service, kind_of(kind)],
                 env=self.env(service, kind),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
@@ -343,15 +396,16 @@ class Harness:
         return proc
 
     def wait_ready(self, service: str, kind: str, timeout: float = READY_TIMEOUT) -> None:
-        """web: ``/readyz`` answers 200; worker: it consumes its queue; others: still alive."""
+        """web: ``/readyz`` answers 200; worker: it consumes its queue (with as many consumers
+        as worker copies run); others: still alive."""
         proc = self.procs[(service, kind)]
 
         def ready() -> bool:
             self._require_alive(proc)
             if kind == "web":
                 return self._readyz(service)
-            if kind == "worker" and self.specs[service].consumes:
-                return self.consumers(f"{service}.events") >= 1
+            if kind_of(kind) == "worker" and self.specs[service].consumes:
+                return self.consumers(f"{service}.events") >= self._workers_alive(service)
             return True
 
         try:
@@ -388,6 +442,13 @@ class Harness:
             with contextlib.suppress(Exception):
                 connection.close()
 
+    def _workers_alive(self, service: str) -> int:
+        return sum(
+            1
+            for (name, kind), proc in self.procs.items()
+            if name == service and kind_of(kind) == "worker" and proc.alive
+        )
+
     def consumers(self, queue: str) -> int:
         return self.queue_state(queue)[1]
 
@@ -399,10 +460,11 @@ class Harness:
         proc = self.procs[(service, kind)]
         proc.signal_group(signum)
         assert proc.wait(STOP_TIMEOUT), f"{service} {kind} survived signal {signum}"
-        if kind == "worker" and self.specs[service].consumes:
+        if kind_of(kind) == "worker" and self.specs[service].consumes:
             # The broker sees the dead TCP connection at once; wait so that a later "ready"
             # means the new worker's consumer, not the old one's ghost.
-            wait_for(lambda: self.consumers(f"{service}.events") == 0, timeout=10)
+            alive = self._workers_alive(service)
+            wait_for(lambda: self.consumers(f"{service}.events") == alive, timeout=10)
 
     def restart(self, service: str, kind: str) -> Proc:
         self.kill(service, kind)
@@ -559,6 +621,22 @@ class Township:
 
     def resident(self, code: str) -> Api:
         return resident_login(self.harness.url("intake"), code)
+
+    def account(self, username: str, name: str, *roles: str) -> Api:
+        """One more account of the village, made by the admin in intake, signed in once every
+        service that keeps people (dispatch's staff list for staff roles) knows it."""
+        body = {
+            "username": username,
+            "name": name,
+            "roles": list(roles),
+            "village_id": self.village_id,
+            "password": PASSWORD,
+        }
+        user_id = self.admin.post("/api/v1/accounts", body, expect=201)["id"]
+        if set(roles) & STAFF_ROLES:
+            staff = self.dispatch(self.admin)
+            wait_for(lambda: user_id in {s["id"] for s in staff.pages("/api/v1/staff")}, 20)
+        return staff_login(self.harness.url("intake"), username, PASSWORD)
 
 
 def build_township(harness: Harness, tag: str = "e2e") -> Township:
