@@ -139,9 +139,7 @@ SCORING: dict[tuple[str, str], frozenset[str]] = {
 }
 
 # notify: everyone signed in has an inbox and preferences (their own only: another user's
-# message is a 404 inside); the delivery log and retries are the admins'. The stream
-# (GET /api/v1/notifications/stream) is served by its own process and app: tested in
-# services/notify/tests/test_notify_stream.py.
+# message is a 404 inside); the delivery log and retries are the admins'.
 NOTIFY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/notifications"): EVERYONE,
     ("GET", "/api/v1/notifications/unread-count"): EVERYONE,
@@ -151,6 +149,12 @@ NOTIFY: dict[tuple[str, str], frozenset[str]] = {
     ("PUT", "/api/v1/preferences"): EVERYONE,
     ("GET", "/api/v1/deliveries"): ADMIN,
     ("POST", "/api/v1/deliveries/<uuid:delivery_id>/retry"): ADMIN,
+}
+
+# notify's stream process (``notify stream``) is an app of its own with one route: everyone's
+# own live unread count (its behaviour: services/notify/tests/test_notify_stream.py).
+NOTIFY_STREAM: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/api/v1/notifications/stream"): EVERYONE,
 }
 
 # feed: news reads are public; writers are publicists and admins, publishing and moderation
@@ -214,7 +218,9 @@ def _call(client, method: str, path: str, headers: dict[str, str]) -> int:
     kwargs: dict = {"headers": headers}
     if method in ("POST", "PUT", "PATCH"):
         kwargs["json"] = {}
-    return client.open(path, method=method, **kwargs).status_code
+    # Closed at once: a stream's answer would otherwise stay open (and hold its listener).
+    with client.open(path, method=method, **kwargs) as response:
+        return response.status_code
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +314,20 @@ def notify_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[F
 
 
 @pytest.fixture(scope="module")
+def notify_stream_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[Flask]:
+    from notify.models import Person
+    from notify.stream import create_stream_app
+
+    app = _app_that_knows(
+        create_stream_app, NotifySettings, "notify", people, Person,
+        migrated_database, rabbit_server.create_vhost, jwt_keys[1],
+    )  # fmt: skip
+    yield app
+    app.extensions["notify_stream_hub"].close()
+    app.extensions["db"].dispose()
+
+
+@pytest.fixture(scope="module")
 def feed_app(migrated_database, rabbit_server, jwt_keys, people) -> Iterator[Flask]:
     from feed.models import Person
 
@@ -357,6 +377,10 @@ def test_every_scoring_route_lets_in_exactly_the_roles_of_the_table(scoring_app,
 
 def test_every_notify_route_lets_in_exactly_the_roles_of_the_table(notify_app, people):
     _check(notify_app, NOTIFY, people)
+
+
+def test_the_notify_stream_route_lets_in_exactly_the_roles_of_the_table(notify_stream_app, people):
+    _check(notify_stream_app, NOTIFY_STREAM, people)
 
 
 def test_every_feed_route_lets_in_exactly_the_roles_of_the_table(feed_app, people):
