@@ -449,6 +449,7 @@ def public_article(session: Session, article_id: uuid.UUID) -> Article:
 class ViewCounter:
     """News views counted in this process and written in batches: one UPDATE per article with
     the number of views since the last write (``views = views + n``), every ``every_seconds``
+    (a timer thread, so the last views of a quiet article do not wait for its next reader)
     or once ``every_views`` views wait, and at exit. Why: a popular notice read thousands of
     times an hour must not cost a write, and a row lock, per read. A crash loses at most the
     views of one interval."""
@@ -462,12 +463,19 @@ class ViewCounter:
         self._waiting = 0
         self._pid = os.getpid()
         self._last = time.monotonic()
+        self._timer_pid: int | None = None
+        self._closed = threading.Event()
         atexit.register(self._flush_at_exit)
 
     def add(self, article_id: uuid.UUID) -> None:
         with self._lock:
             if self._pid != os.getpid():  # a forked copy starts empty
                 self._pending, self._waiting, self._pid = {}, 0, os.getpid()
+            if self._timer_pid != self._pid:  # threads do not survive a fork: one per process
+                self._timer_pid = self._pid
+                threading.Thread(
+                    target=self._flush_every_interval, name="news-views", daemon=True
+                ).start()
             self._pending[article_id] = self._pending.get(article_id, 0) + 1
             self._waiting += 1
             due = (
@@ -514,9 +522,19 @@ class ViewCounter:
 
     def close(self) -> None:
         """Write what waits and stop watching for the process's exit (an app torn down)."""
+        self._closed.set()
         atexit.unregister(self._flush_at_exit)
         if self._pid == os.getpid():
             self.flush()
+
+    def _flush_every_interval(self) -> None:
+        pid = os.getpid()
+        while not self._closed.wait(self.every_seconds) and self._pid == pid:
+            if self.pending():
+                try:
+                    self.flush()
+                except Exception:  # the timer must outlive one bad write; the views are kept
+                    log.exception("news views not written by the timer")
 
     def _flush_at_exit(self) -> None:
         if self._pid == os.getpid() and self.pending():

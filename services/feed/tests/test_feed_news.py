@@ -12,6 +12,7 @@ from feed_helpers import outbox
 from feed import services
 from feed.models import Article
 from shared.clock import utcnow
+from shared.testing import wait_for
 
 
 def _write(client, who, **fields) -> dict:
@@ -218,6 +219,26 @@ def test_the_view_buffer_writes_once_the_batch_is_full(db, published_article) ->
     counter.close()
     with db.transaction() as session:
         assert session.get(Article, article_id).views == 25
+
+
+def test_the_last_views_of_a_quiet_article_are_written_within_the_interval(
+    db, published_article
+) -> None:
+    """No later reader is needed: the timer writes what waits once the interval has passed."""
+    article_id = uuid.UUID(published_article()["id"])
+    counter = services.ViewCounter(db, every_seconds=0.2, every_views=1000)
+    try:
+        for _ in range(3):
+            counter.add(article_id)
+
+        def stored() -> int:
+            with db.transaction() as session:
+                return session.get(Article, article_id).views
+
+        wait_for(lambda: stored() == 3, timeout=10)
+        assert counter.pending() == 0
+    finally:
+        counter.close()
 
 
 def test_a_scheduled_article_goes_out_when_its_time_comes(client, db, newsroom) -> None:
