@@ -186,9 +186,15 @@ handle_issue_overdue = _deadline("overdue")
 
 
 def handle_issue_escalated(session: Session, event: Envelope) -> None:
-    """The new holder: a department's staff, the area leader, else the township admins."""
+    """The new holder: a department's staff, the area leader, else the township admins.
+
+    Into the township's queue (no named handler) it is the admins' to take up, though dispatch
+    still lists the grid worker who works on it among its holders: telling that worker "升级到
+    您这里" would send the news to the one person it did not climb to."""
     data, issue = _step(session, event)
     holders = (data["snapshot"]["holder_ids"] if data.get("snapshot") else None) or []
+    if data["to_level"] == "township" and not data["handler_id"]:
+        holders = []
     if not holders and data["handler_id"]:
         holders = [data["handler_id"]]
     if not holders:

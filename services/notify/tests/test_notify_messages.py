@@ -189,13 +189,16 @@ def test_an_escalation_tells_the_new_holder_only(db, town, feed, to_level, holde
     assert "超期未办结" in messages[town[holder].id].body
 
 
-def test_an_escalation_to_the_township_queue_tells_the_admins(db, town, feed):
+@pytest.mark.parametrize("still_held_by", [[], ["worker"]])
+def test_an_escalation_to_the_township_queue_tells_the_admins(db, town, feed, still_held_by):
+    """Dispatch keeps the working grid worker among the holders of an item in the township's
+    queue; the news of the climb is still the admins', not the worker's."""
     issue = Issue(feed, town)
     issue.reported()
     issue.assigned()
     event = issue.step(
         "issue.escalated",
-        [],
+        [town[who].id for who in still_held_by],
         level="township",
         from_level="grid",
         to_level="township",
