@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from shared.consumer import is_database_outage
 from shared.logging import current_correlation_id
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if _database_unreachable(exc):
+            # An outage, not a bug: the person may try again later; /readyz says the same.
+            log.warning(
+                "database unreachable on %s %s (%s): answered 503",
+                request.method,
+                request.path,
+                type(exc).__name__,
+            )
+            return domain_error_response(ServiceUnavailable())
         cid = current_correlation_id()
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = jsonify(
@@ -150,3 +160,11 @@ def register_error_handlers(app: Flask) -> None:
         )
         response.status_code = 500
         return response
+
+
+def _database_unreachable(exc: Exception) -> bool:
+    """A connection-level error while the app's database does not answer a ping: 503, not 500."""
+    db = current_app.extensions.get("db")
+    if db is None:
+        return False
+    return is_database_outage(db, exc)

@@ -119,6 +119,28 @@ def test_an_unexpected_exception_answers_500_without_internals_and_is_logged(cli
     assert "hunter2" in logged[0].get("exc_info", "")
 
 
+@pytest.fixture
+def client_without_database(public_key, amqp_url):
+    """The app with its database on a port nobody listens on."""
+    return _app(
+        public_key, f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/none", amqp_url
+    ).test_client()
+
+
+def test_a_request_while_the_database_does_not_answer_is_503_in_chinese_not_a_500(
+    client_without_database, log_lines
+):
+    """An outage is no bug: the person is told to try later, and no traceback is logged."""
+    response = client_without_database.get("/api/v1/things")
+
+    assert response.status_code == 503
+    error = _error(response)
+    assert error["code"] == "unavailable"
+    assert error["message"] == "服务暂时不可用，请稍后再试。"
+    assert not [line for line in log_lines() if line["level"] == "ERROR"]
+    assert [line for line in log_lines() if "database unreachable" in line["message"]]
+
+
 def test_the_correlation_id_is_echoed_and_on_every_log_line_of_the_request(client, log_lines):
     cid = str(uuid.uuid4())
 
