@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import flask_swagger_ui
+import marshmallow as ma
 import pika
 from flask import Flask, Response, current_app, g, jsonify, request, send_from_directory
 from flask_smorest import Api
@@ -48,11 +49,46 @@ SWAGGER_UI_DIST = Path(flask_swagger_ui.__file__).parent / "dist"
 SWAGGER_UI_ASSETS = "/docs/assets/"
 
 
+class ErrorDetailSchema(ma.Schema):
+    code = ma.fields.String(required=True, metadata={"description": "错误代码 machine code"})
+    message = ma.fields.String(required=True, metadata={"description": "给人看的中文说明"})
+    details = ma.fields.Raw(
+        required=True, allow_none=True, metadata={"description": "字段级的说明（如有）"}
+    )
+
+
+class ErrorSchema(ma.Schema):
+    """The error body every route answers with (DESIGN.md, ``shared.errors.error_body``)."""
+
+    error = ma.fields.Nested(ErrorDetailSchema, required=True)
+
+
 class ServiceApi(Api):
-    """flask-smorest's Api, but its HTTP errors use our JSON error body."""
+    """flask-smorest's Api, but its HTTP errors use our JSON error body, and its OpenAPI
+    document says so (``default`` and 422 responses: ``ErrorSchema``, not flask-smorest's)."""
+
+    ERROR_SCHEMA = ErrorSchema
 
     def handle_http_exception(self, error: HTTPException):  # type: ignore[override]
         return http_error_response(error)
+
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def file_responses(description: str, *content_types: str) -> dict:
+    """``@blp.doc(responses=file_responses("台账", "text/csv", XLSX))``: the documented 200 of a
+    route that answers a file instead of JSON (its errors stay the JSON ``default``)."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"200": {"description": description, "content": {t: binary for t in content_types}}}
+
+
+def json_object_responses(description: str) -> dict:
+    """The documented 200 of a route that answers a JSON object without a schema of its own."""
+    schema = {"type": "object", "additionalProperties": True}
+    return {
+        "200": {"description": description, "content": {"application/json": {"schema": schema}}}
+    }
 
 
 class BrokerProbe:

@@ -64,6 +64,7 @@ from dispatch.settings import DispatchSettings
 from shared.auth import current_principal, require_roles
 from shared.clock import utcnow
 from shared.errors import Conflict
+from shared.web import XLSX, file_responses, json_object_responses
 
 blp = Blueprint("dispatch", __name__, url_prefix="/api/v1", description="网格化管理 Dispatch")
 org = Blueprint("organisation", __name__, url_prefix="/api/v1", description="组织管理 Organisation")
@@ -354,22 +355,20 @@ def get_ledger(args: dict[str, Any]):
 @blp.get("/ledger/export")
 @require_roles(*LEDGER_READERS)
 @blp.arguments(ExportQuery, location="query")
-@blp.doc(security=BEARER)
+@blp.doc(security=BEARER, responses=file_responses("疑难问题台账", "text/csv", XLSX))
 def export_ledger(args: dict[str, Any]):
     """导出台账（CSV 或 XLSX；中文表头，北京时间）。"""
     with _transaction() as session:
         data = ledger.rows(session, args["status"], _me())
         if args["format"] == "xlsx":
-            body = ledger.to_xlsx(data)
-            mimetype = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            body, content_type = ledger.to_xlsx(data), XLSX
         else:
-            body = ledger.to_csv(data)
-            mimetype = "text/csv; charset=utf-8"
+            body, content_type = ledger.to_csv(data), "text/csv; charset=utf-8"
     stamp = utcnow().strftime("%Y%m%d")
     filename = f"ledger-{stamp}.{args['format']}"
     return Response(
         body,
-        mimetype=mimetype,
+        content_type=content_type,  # mimetype= would add a second "; charset=utf-8"
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
@@ -391,7 +390,7 @@ def add_ledger_progress(body: dict[str, Any], entry_id: uuid.UUID):
 @blp.get("/stats")
 @require_roles("admin", "area_leader", "supervisor", "grid_leader")
 @blp.arguments(StatsQuery, location="query")
-@blp.doc(security=BEARER)
+@blp.doc(security=BEARER, responses=json_object_responses("统计结果"))
 def get_stats(args: dict[str, Any]):
     """统计：各类受理数、办结数、办结率、未办结、超期、办理用时中位数和 90 分位、各村情况。"""
     filters = stats.StatsFilter(

@@ -38,14 +38,6 @@ def app(settings):
 
 
 @pytest.fixture
-def feed_schema(app):
-    """feed's own OpenAPI, for generated requests (schemathesis)."""
-    import schemathesis
-
-    return schemathesis.openapi.from_wsgi("/openapi.json", app)
-
-
-@pytest.fixture
 def signed(issuer) -> Callable[[list[str]], dict[str, str]]:
     """``signed(["admin"])``: headers of a signed-in caller with those roles."""
     users: dict[tuple[str, ...], uuid.UUID] = {}

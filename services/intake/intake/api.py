@@ -33,6 +33,7 @@ from intake.schemas import (
 from intake.wechat import wechat_phone_for
 from shared.auth import current_principal, require_roles
 from shared.errors import BadRequest
+from shared.web import file_responses
 
 blp = Blueprint("reports", __name__, url_prefix="/api/v1", description="群众办事 Reports")
 BEARER = [{"bearerAuth": []}]
@@ -80,7 +81,10 @@ def upload_media():
 
 
 @blp.get("/media/<uuid:media_id>")
-@blp.doc(security=[{}, {"bearerAuth": []}])
+@blp.doc(
+    security=[{}, {"bearerAuth": []}],
+    responses=file_responses("照片", "image/jpeg", "image/png", "image/webp"),
+)
 @blp.arguments(MediaQuery, location="query")
 def get_media(query, media_id: uuid.UUID):
     """A photo (``?size=thumb`` for the thumbnail), for those who may see its report; a photo of

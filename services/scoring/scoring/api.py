@@ -24,7 +24,7 @@ from scoring.schemas import (
 from scoring.settings import ScoringSettings
 from shared.auth import current_principal, require_roles
 from shared.clock import utcnow
-from shared.web import request_transaction
+from shared.web import XLSX, file_responses, request_transaction
 
 blp = Blueprint("scoring", __name__, url_prefix="/api/v1", description="积分排行 Scoring")
 BEARER = [{"bearerAuth": []}]
@@ -139,20 +139,17 @@ def get_kpis(args: dict[str, Any]):
 @blp.get("/assessment")
 @require_roles("admin")
 @blp.arguments(AssessmentQuery, location="query")
-@blp.doc(security=BEARER)
+@blp.doc(security=BEARER, responses=file_responses("网格员考核表", "text/csv", XLSX))
 def export_assessment(args: dict[str, Any]):
     """网格员考核表（CSV 或 XLSX；中文表头，每名网格员一行：名次、积分和各项指标）。"""
     period = boards.period_or_current(args["period"], utcnow())
     with _transaction() as session:
         body = boards.assessment(session, _settings(), period, args["format"])
-    if args["format"] == "xlsx":
-        mimetype = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-    else:
-        mimetype = "text/csv; charset=utf-8"
+    content_type = XLSX if args["format"] == "xlsx" else "text/csv; charset=utf-8"
     filename = f"assessment-{period.key.replace(':', '-')}.{args['format']}"
     return Response(
         body,
-        mimetype=mimetype,
+        content_type=content_type,  # mimetype= would add a second "; charset=utf-8"
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
