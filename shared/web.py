@@ -132,6 +132,23 @@ class BrokerProbe:
         return self._error
 
 
+READINESS_WORDS = {
+    "database": "数据库连接不上",
+    "broker: configuration error": "消息队列的队列设置与现有的不一致",
+    "broker": "消息队列（RabbitMQ）连接不上",
+}
+
+
+def readiness_message(problems: list[str]) -> str:
+    """The on-call person's sentence for ``/readyz``'s problems (which stay for machines)."""
+    said = []
+    for problem in problems:
+        words = next(w for key, w in READINESS_WORDS.items() if problem.startswith(key))
+        if words not in said:
+            said.append(words)
+    return "服务未就绪：" + "；".join(said) + "。"
+
+
 def create_service_app(
     settings: ServiceSettings,
     db: Database,
@@ -263,7 +280,12 @@ def create_service_app(
         if broker_problem:
             problems.append(broker_problem)
         if problems:
-            body = {"status": "unavailable", "service": settings.service_name, "problems": problems}
+            body = {
+                "status": "unavailable",
+                "service": settings.service_name,
+                "message": readiness_message(problems),
+                "problems": problems,
+            }
             return jsonify(body), 503
         return jsonify({"status": "ready", "service": settings.service_name})
 

@@ -172,6 +172,7 @@ def test_readyz_answers_503_naming_the_queue_that_conflicts(
     [problem] = answer.get_json()["problems"]
     assert problem.startswith("broker: configuration error: queue " + f"{service}.events")
     assert "inequivalent arg 'x-" in problem  # the broker names the argument
+    assert answer.get_json()["message"] == "服务未就绪：消息队列的队列设置与现有的不一致。"
 
 
 def test_declare_re_creates_an_empty_main_queue_left_by_an_older_release(

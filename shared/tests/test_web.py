@@ -199,6 +199,7 @@ def test_readyz_answers_503_with_the_reason_when_the_broker_port_is_closed(
     assert body["status"] == "unavailable"
     assert [p for p in body["problems"] if p.startswith("broker:")]
     assert not [p for p in body["problems"] if p.startswith("database:")]
+    assert body["message"] == "服务未就绪：消息队列（RabbitMQ）连接不上。"
 
 
 def test_readyz_answers_503_naming_the_database_when_it_does_not_answer(public_key, amqp_url):
@@ -210,6 +211,7 @@ def test_readyz_answers_503_naming_the_database_when_it_does_not_answer(public_k
 
     assert response.status_code == 503
     assert [p for p in response.get_json()["problems"] if p.startswith("database:")]
+    assert response.get_json()["message"] == "服务未就绪：数据库连接不上。"
 
 
 def test_metrics_count_requests_by_route_template_not_by_raw_path(client):
