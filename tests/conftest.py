@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import pika
 import pytest
@@ -26,7 +28,7 @@ from shared.consumer import Consumer
 from shared.events import make_envelope
 from shared.relay import OutboxRelay
 from shared.testing import RabbitServer, wait_for
-from tests.e2e.harness import Harness, Township, build_township
+from tests.e2e.harness import SERVICES, Harness, Township, build_township
 
 
 class Running:
@@ -153,30 +155,50 @@ def listener(amqp_url) -> Iterator[Listener]:
 RUNNING: list[Harness] = []
 
 
-@pytest.fixture(scope="module")
-def harness(
-    request: pytest.FixtureRequest,
+@pytest.fixture(scope="session")
+def start_system(
     tmp_path_factory: pytest.TempPathFactory,
     rabbit_server: RabbitServer,
     migrated_database: Callable[..., str],
     jwt_keys,
-) -> Iterator[Harness]:
+) -> Callable[..., contextlib.AbstractContextManager[Harness]]:
+    """``with start_system("faults-db", env={"dispatch": {...}}, copies=2) as harness:`` the
+    whole system as real processes (fresh databases, a fresh vhost) until the block ends, with
+    ``env``'s settings added to some services'; a failed test shows the last lines of every
+    process of the systems running then."""
+
+    @contextlib.contextmanager
+    def start(
+        tag: str = "e2e", *, env: Mapping[str, Mapping[str, str]] | None = None, copies: int = 1
+    ) -> Iterator[Harness]:
+        prefix = tag.replace("-", "_")
+        extra = env or {}
+        specs = [dataclasses.replace(s, env={**s.env, **extra.get(s.name, {})}) for s in SERVICES]
+        system = Harness(
+            tmp_path_factory.mktemp(tag),
+            lambda service: migrated_database(service, prefix=f"{prefix}_{service}"),
+            rabbit_server.create_vhost(tag),
+            jwt_keys,
+            specs=specs,
+            copies=copies,
+        )
+        RUNNING.append(system)
+        try:
+            system.start_all()
+            yield system
+        finally:
+            RUNNING.remove(system)
+            system.stop_all()
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def harness(request: pytest.FixtureRequest, start_system) -> Iterator[Harness]:
     """Every service's web, worker (and scheduler) as real processes until the module ends;
     a module's ``SYSTEM_COPIES = 2`` runs every worker and scheduler twice."""
-    system = Harness(
-        tmp_path_factory.mktemp("e2e"),
-        lambda service: migrated_database(service, prefix=f"e2e_{service}"),
-        rabbit_server.create_vhost("e2e"),
-        jwt_keys,
-        copies=getattr(request.module, "SYSTEM_COPIES", 1),
-    )
-    RUNNING.append(system)
-    try:
-        system.start_all()
+    with start_system(copies=getattr(request.module, "SYSTEM_COPIES", 1)) as system:
         yield system
-    finally:
-        RUNNING.remove(system)
-        system.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -8,46 +8,20 @@ cores the start is most of their time. ``township`` is the operator's township o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from shared.testing import RabbitServer
 from tests.e2e.harness import Harness, Township, build_township
 
 
 @pytest.fixture(scope="package")
-def harness(
-    tmp_path_factory: pytest.TempPathFactory,
-    rabbit_server: RabbitServer,
-    migrated_database: Callable[..., str],
-    jwt_keys,
-) -> Iterator[Harness]:
+def harness(start_system) -> Iterator[Harness]:
     """Every service's web, worker (and scheduler) as real processes until the folder ends."""
-    system = Harness(
-        tmp_path_factory.mktemp("security"),
-        lambda service: migrated_database(service, prefix=f"sec_{service}"),
-        rabbit_server.create_vhost("security"),
-        jwt_keys,
-    )
-    try:
-        system.start_all()
+    with start_system("security") as system:
         yield system
-    finally:
-        system.stop_all()
 
 
 @pytest.fixture(scope="package")
 def township(harness: Harness) -> Township:
     return build_township(harness, tag="sec")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A failed test here shows what each process of the system printed last."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and "harness" in getattr(item, "fixturenames", ()):
-        system = item.funcargs.get("harness") if hasattr(item, "funcargs") else None
-        if isinstance(system, Harness):
-            report.sections.append(("security system processes (last lines)", system.report()))
