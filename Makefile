@@ -54,7 +54,7 @@ down: ## stop what `make up` started
 	scripts/down.sh
 
 test: $(STAMP) ## the whole test suite (needs PostgreSQL and RabbitMQ; see README)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=30
 
 bench: $(STAMP) ## the benchmark suite (issue 11): table + bench/results.json (REPEATS=3, ONLY=...)
 	$(PY) -m bench.run --repeats $(or $(REPEATS),3) $(if $(ONLY),--only $(ONLY))
