@@ -147,3 +147,17 @@ def points_messages(township: Township, worker: Api, ticket_no: str) -> list[int
         t=ticket_no,
     )
     return [int(variables["points"]) for (variables,) in rows]
+
+
+def points_settle(
+    township: Township, issue_id: str, ticket_no: str, wanted: list[tuple[str, int]]
+) -> None:
+    """The grid worker's ledger entries for the item are exactly ``wanted`` (rule, points),
+    and notify told them of each change once."""
+    worker = township.worker
+    settles(lambda: points_for(township, worker, issue_id), wanted, "points")
+    settles(
+        lambda: sorted(points_messages(township, worker, ticket_no)),
+        sorted(p for _rule, p in wanted),
+        "points messages",
+    )

@@ -23,8 +23,7 @@ from tests.e2e.journey_steps import (
     TIMEOUT,
     about,
     dispatch_shows,
-    points_for,
-    points_messages,
+    points_settle,
     report,
     resident_sees,
     settles,
@@ -197,12 +196,7 @@ def test_a_water_outage_goes_from_report_to_a_passed_callback_and_is_counted_onc
     )
 
     # scoring: exactly 3 + 1 (and the callback's 0) for the worker, each told once.
-    settles(lambda: points_for(township, township.worker, issue_id), POINTS, "points")
-    settles(
-        lambda: points_messages(township, township.worker, ticket_no),
-        [p for _rule, p in POINTS],
-        "points messages",
-    )
+    points_settle(township, issue_id, ticket_no, POINTS)
     # The steps above happened in one month unless the test ran across midnight at a month's
     # end (Asia/Shanghai): then only the all-time board has them all.
     period = month_at_start if this_month() == month_at_start else "all"

@@ -25,8 +25,7 @@ from tests.e2e.journey_steps import (
     COPIES,
     about,
     dispatch_shows,
-    points_for,
-    points_messages,
+    points_settle,
     report,
     resident_sees,
     settles,
@@ -212,12 +211,7 @@ def test_an_unsatisfied_resident_gets_the_item_reopened_with_the_area_leader_fol
         ("resolved_on_time", 3),
         ("rating_satisfied", 1),
     ]
-    settles(lambda: points_for(township, township.worker, issue_id), wanted, "points")
-    settles(
-        lambda: sorted(points_messages(township, township.worker, ticket_no)),
-        sorted(p for _rule, p in wanted),
-        "points messages",
-    )
+    points_settle(township, issue_id, ticket_no, wanted)
     expected = {
         township.worker.who: Counter(reported=1, assigned=1, reopened=1),
         township.grid_leader.who: Counter(reported=1, assigned=1),
@@ -270,12 +264,7 @@ def test_a_failed_callback_reopens_the_item_and_takes_the_workers_points_back(
         ("callback_failed", -2),
         ("reopen_clawback", -3),
     ]
-    settles(lambda: points_for(township, township.worker, issue_id), wanted, "points")
-    settles(
-        lambda: sorted(points_messages(township, township.worker, ticket_no)),
-        sorted(p for _rule, p in wanted),
-        "points messages",
-    )
+    points_settle(township, issue_id, ticket_no, wanted)
     expected = {
         township.worker.who: Counter(reported=1, assigned=1, reopened=1),
         township.area_leader.who: Counter(reopened=1),

@@ -7,6 +7,7 @@ was done: nothing missing, nothing twice.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +17,14 @@ from shared.testing import wait_for
 from tests.e2e.harness import Api, Harness, Township
 
 CONSUMERS = ("intake", "dispatch", "scoring", "notify", "feed")
+# A short retry ladder for a service under test: tries 1-3 go to the 100, 200 and 400 ms retry
+# queues, the 4th failure to the DLQ, so that a fault outlasts the ladder in seconds.
+RETRY_DELAYS_MS = [100, 200, 400]
+MAX_ATTEMPTS = 4
+SHORT_LADDER = {
+    "CONSUMER_RETRY_DELAYS_MS": json.dumps(RETRY_DELAYS_MS),
+    "CONSUMER_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+}
 # Steps a worked item leaves in intake's timeline, each made by intake's consumer from an event.
 WORK_STEPS = ("issue.assigned", "issue.started", "issue.resolved")
 CATCH_UP = 120  # seconds for every service to catch up (a broker outage's backoff is up to 30 s)

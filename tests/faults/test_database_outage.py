@@ -16,7 +16,6 @@ times over within a few seconds.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,15 +27,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.testing import PostgresServer, wait_for
 from tests.e2e.harness import Harness, Township
+from tests.faults.tally import CONSUMERS, RETRY_DELAYS_MS, SHORT_LADDER
 
 # dispatch's ladder: tries 1-3 go to the 100, 200 and 400 ms retry queues, the 4th to the DLQ.
-RETRY_DELAYS_MS = [100, 200, 400]
-MAX_ATTEMPTS = 4
 LADDER_SECONDS = sum(RETRY_DELAYS_MS) / 1000
 # How long the database stays away once the reports wait for it: many ladders.
 OUTAGE_SECONDS = 8 * LADDER_SECONDS
 REPORTS = 12
-CONSUMERS = ("intake", "dispatch", "scoring", "notify", "feed")
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +41,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def harness(start_system) -> Iterator[Harness]:
     """The whole system as real processes, dispatch with the short retry ladder."""
-    ladder = {
-        "CONSUMER_RETRY_DELAYS_MS": json.dumps(RETRY_DELAYS_MS),
-        "CONSUMER_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-    }
-    with start_system("faults-db", env={"dispatch": ladder}) as system:
+    with start_system("faults-db", env={"dispatch": SHORT_LADDER}) as system:
         yield system
 
 

@@ -31,9 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.events import make_envelope
 from shared.testing import wait_for
 from tests.e2e.harness import ROOT, Api, Harness, Township
+from tests.faults.tally import MAX_ATTEMPTS, RETRY_DELAYS_MS, SHORT_LADDER
 
-RETRY_DELAYS_MS = [100, 200, 400]
-MAX_ATTEMPTS = 4  # tries 1-3 go to the retry queues, the 4th failure to the DLQ
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DLQ = "dispatch.events.dlq"
 
@@ -43,11 +42,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def harness(start_system) -> Iterator[Harness]:
     """The whole system as real processes, dispatch with the short retry ladder."""
-    ladder = {
-        "CONSUMER_RETRY_DELAYS_MS": json.dumps(RETRY_DELAYS_MS),
-        "CONSUMER_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-    }
-    with start_system("faults-poison", env={"dispatch": ladder}) as system:
+    with start_system("faults-poison", env={"dispatch": SHORT_LADDER}) as system:
         yield system
 
 
