@@ -396,6 +396,21 @@ def test_another_areas_ledger_item_is_refused_to_its_area_leader_and_other_depar
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_department_holding_a_ledger_item_reads_its_report_in_intake_and_no_other_does(
+    world,
+):
+    """Referred to the county water bureau, its staff need what the resident reported; the
+    power company's staff (and the other village's people) still get "not found"."""
+    path = f"/api/v1/issues/{world.ids['issue_ledger']}"
+    water = world.people["dept_water"]
+    wait_for(lambda: water.get(path, expect=(200, 404)).get("id"), timeout=TIMEOUT)
+    readers = (*READERS_OF_A, "dept_water")
+
+    wrong = answers(world, "intake", "GET", path, split(world, readers, 200, 404))
+
+    assert not wrong, "\n".join(wrong)
+
+
 def test_a_party_members_post_is_taken_down_by_nobody_but_its_author(world):
     feed = world.url("feed")
     post = (

@@ -56,6 +56,7 @@ class SnapshotData(Schema):
     rating = fields.String(load_default=None, allow_none=True)
     closed_at = fields.AwareDateTime(load_default=None, allow_none=True)
     reject_reason = fields.String(load_default=None, allow_none=True)
+    holder_ids = fields.List(fields.UUID(), load_default=list, allow_none=True)
 
 
 class _Tolerant(Schema):
@@ -214,6 +215,7 @@ def _apply_snapshot(session: Session, issue: Issue, snapshot: dict[str, Any], ve
     issue.status = snapshot["state"]
     issue.level = snapshot["level"]
     issue.assignee_id = snapshot["assignee_id"]
+    issue.holder_ids = [str(h) for h in snapshot["holder_ids"] or []]
     # The resident sees who holds it: the level's holder (or county department), else the worker.
     issue.assignee_name = (
         snapshot["handler_name"]

@@ -147,6 +147,9 @@ class Issue(Base):
     assignee_name: Mapped[str | None] = mapped_column(sa.String(64))
     # The leader of the grid it was assigned to (``issue.assigned``): they may read it here too.
     grid_leader_id: Mapped[uuid.UUID | None]
+    # Who holds it now in dispatch (a department's members, the level's handler, the worker):
+    # from the snapshot, so that a county department can read the report it was referred.
+    holder_ids: Mapped[list] = mapped_column(default=list, server_default="[]")
     due_at: Mapped[datetime | None]
     resolution_note: Mapped[str | None] = mapped_column(sa.Text)
     resolution_photo_ids: Mapped[list] = mapped_column(default=list)

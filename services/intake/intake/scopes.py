@@ -7,7 +7,9 @@ them), so for grid staff it goes by what it is told:
 - the reporter, and the staff member who reported on the resident's behalf: their report;
 - ``admin`` and ``supervisor``: every report;
 - ``area_leader``: reports of the villages they lead (``Village.area_leader_id``);
-- the assignee and the leader of the grid it was assigned to (``issue.assigned``);
+- the assignee and the leader of the grid it was assigned to (``issue.assigned``), and whoever
+  holds it now in dispatch (the snapshot's ``holder_ids``: the members of the township or county
+  department it was referred to, the level's handler);
 - ``grid_worker`` / ``grid_leader``: a report not yet assigned in the village of their account
   (网格员随时查看群众反映问题; dispatch shows the same list per grid);
 - anyone else (publicists, other residents, other grid staff): nothing, answered as 404.
@@ -41,6 +43,8 @@ def may_read_issue(session: Session, viewer: Principal, issue: Issue) -> bool:
     if viewer.has(*SEE_ALL):
         return True
     if viewer.id in (issue.assignee_id, issue.grid_leader_id):
+        return True
+    if str(viewer.id) in (issue.holder_ids or []):
         return True
     if viewer.has("area_leader"):
         village = session.get(Village, issue.village_id)

@@ -210,3 +210,47 @@ def test_an_older_resolution_without_resolver_id_attaches_only_the_assignees_pho
     view = client.get(f"/api/v1/issues/{bobs_issue}", headers=bob).json
     assert [p["id"] for p in view["resolution_photos"]] == [own]
     assert client.get(f"/api/v1/media/{foreign}", headers=bob).status_code == 404
+
+
+def _held_by(db, issue_id: str, version: int, holders: list, **snapshot: Any) -> None:
+    """dispatch's step that leaves the item with ``holders`` (its snapshot's ``holder_ids``)."""
+    _deliver(
+        db,
+        "issue.escalated",
+        {
+            "issue_id": issue_id,
+            "issue_version": version,
+            "from_level": "township",
+            "to_level": "county",
+            "reason": "村里和乡里解决不了",
+            "snapshot": {
+                "state": "assigned",
+                "level": "county",
+                "handler_name": "县水利局",
+                "holder_ids": [str(h.id) for h in holders],
+                **snapshot,
+            },
+        },
+    )
+
+
+def test_the_staff_of_the_department_holding_a_report_read_it_and_its_photos_while_they_hold_it(
+    client, db, village, make_user
+):
+    """Referred to a county department, its members must see what the resident reported (and
+    the photos); another department's members never, and they lose it once it moves on."""
+    _, alice = make_user()
+    water, water_headers = make_user(roles=["department_staff"], name="县水利局李")
+    _, power_headers = make_user(roles=["department_staff"], name="县供电公司孙")
+    photo_id = _upload(client, alice)
+    issue_id = _report(client, alice, photo_ids=[photo_id])
+    assert _status(client, issue_id, water_headers) == 404
+
+    _held_by(db, issue_id, version=5, holders=[water])
+    assert _status(client, issue_id, water_headers) == 200
+    assert client.get(f"/api/v1/media/{photo_id}", headers=water_headers).status_code == 200
+    assert _status(client, issue_id, power_headers) == 404
+    assert client.get(f"/api/v1/media/{photo_id}", headers=power_headers).status_code == 404
+
+    _held_by(db, issue_id, version=6, holders=[], state="closed", level="county")
+    assert _status(client, issue_id, water_headers) == 404
