@@ -20,12 +20,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -159,3 +165,68 @@ def write_results(results: list[Result], ctx: Context, path: Path = RESULTS) -> 
         "results": [r.as_dict() for r in results],
     }
     path.write_text(json.dumps(body, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_web(
+    service: str,
+    url: str,
+    keys: Path,
+    folder: Path,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """``python -m <service> web`` (gunicorn, in a session of its own: stop it with
+    ``os.killpg(proc.pid, SIGTERM)``) on a free port, its database ``url``, the key pair in
+    ``keys`` and its files under ``folder``, with ``env`` added; returns once /healthz answers."""
+    extra = env or {}
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("var", "metrics", "media"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    process_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    process_env.update(
+        {
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'services' / service}",
+            "APP_ENV": "test",
+            "PORT": str(port),
+            "DATABASE_URL": url,
+            "JWT_PUBLIC_KEY_FILE": str(keys / "public.pem"),
+            "JWT_PRIVATE_KEY_FILE": str(keys / "private.pem"),
+            "SERVICE365_VAR_DIR": str(folder / "var"),
+            "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
+            "MEDIA_DIR": str(folder / "media"),
+            "WEB_CONCURRENCY": str(workers),
+            "PUBLIC_FIGURES_CACHE_SECONDS": "0",
+            "LOG_FORMAT": "text",
+            "LOG_LEVEL": "WARNING",
+            "RABBITMQ_URL": os.environ.get("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/%2F"),
+            **extra,
+        }
+    )
+    log = (folder / "web.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", service, "web"],
+        env=process_env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{service} web exited:\n{(folder / 'web.log').read_text()[-3000:]}")
+        try:
+            requests.get(f"{base}/healthz", timeout=2)
+            return proc, base
+        except requests.RequestException:
+            time.sleep(0.2)
+    os.killpg(proc.pid, 15)
+    raise RuntimeError(f"{service} web did not answer within 60 s")

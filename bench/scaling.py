@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +54,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import ROOT, Context, Goal, Result, percentile
+from bench.common import ROOT, Context, Goal, Result, percentile, start_web
 
 SERVICES = ("dispatch", "scoring", "feed", "intake")
 sys.path[:0] = [str(ROOT)] + [str(ROOT / "services" / s) for s in SERVICES]
@@ -216,63 +214,6 @@ def fill(url: str, issues: int, seed: int = 365) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_web(
-    service: str, url: str, keys: Path, folder: Path, workers: int = 2
-) -> tuple[subprocess.Popen, str]:
-    """``python -m <service> web`` (gunicorn) on a free port; returns once /healthz answers."""
-    port = _free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("var", "metrics", "media"):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    env.update(
-        {
-            "PYTHONPATH": f"{ROOT}:{ROOT / 'services' / service}",
-            "APP_ENV": "test",
-            "PORT": str(port),
-            "DATABASE_URL": url,
-            "JWT_PUBLIC_KEY_FILE": str(keys / "public.pem"),
-            "JWT_PRIVATE_KEY_FILE": str(keys / "private.pem"),
-            "SERVICE365_VAR_DIR": str(folder / "var"),
-            "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
-            "MEDIA_DIR": str(folder / "media"),
-            "WEB_CONCURRENCY": str(workers),
-            "PUBLIC_FIGURES_CACHE_SECONDS": "0",
-            "LOG_FORMAT": "text",
-            "LOG_LEVEL": "WARNING",
-            "RABBITMQ_URL": os.environ.get("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/%2F"),
-            **GENEROUS_LIMITS,
-        }
-    )
-    log = (folder / "web.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", service, "web"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{service} web exited:\n{(folder / 'web.log').read_text()[-3000:]}")
-        try:
-            requests.get(f"{base}/healthz", timeout=2)
-            return proc, base
-        except requests.RequestException:
-            time.sleep(0.2)
-    os.killpg(proc.pid, 15)
-    raise RuntimeError(f"{service} web did not answer within 60 s")
-
-
 def measure(http: requests.Session, url: str, params: dict, count: int) -> tuple[float, float]:
     """(p50, p99) in ms of ``count`` sequential GETs after a warm-up."""
     for _ in range(5):
@@ -367,7 +308,9 @@ def measure_size(ctx: Context, server: PostgresServer, issues: int, requests_eac
         }
         pages = {}
         for service in SERVICES:
-            web, base = start_web(service, urls[service], folder, folder / service)
+            web, base = start_web(
+                service, urls[service], folder, folder / service, env=GENEROUS_LIMITS
+            )
             try:
                 for svc, name, path, params, who in routes(world):
                     if svc != service:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "services" / "scoring")]
 import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
+from bench.common import start_web  # noqa: E402
 from scoring import boards, domain, services  # noqa: E402
 from scoring.models import Base, Person, Village  # noqa: E402
 from shared.auth import TokenIssuer, ensure_keypair  # noqa: E402
@@ -251,56 +250,6 @@ def fill(db: Database, entries: int, through_award: int, months: int, seed: int)
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_web(url: str, keys: Path, folder: Path, workers: int) -> tuple[subprocess.Popen, str]:
-    """``python -m scoring web`` (gunicorn) on a free port; returns once /readyz answers."""
-    port = free_port()
-    for name in ("var", "metrics"):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    env.update(
-        {
-            "PYTHONPATH": f"{ROOT}:{ROOT / 'services' / 'scoring'}",
-            "APP_ENV": "test",
-            "PORT": str(port),
-            "DATABASE_URL": url,
-            "JWT_PUBLIC_KEY_FILE": str(keys / "public.pem"),
-            "SERVICE365_VAR_DIR": str(folder / "var"),
-            "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
-            "WEB_CONCURRENCY": str(workers),
-            "LOG_FORMAT": "text",
-            "LOG_LEVEL": "WARNING",
-            "RABBITMQ_URL": os.environ.get("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/%2F"),
-        }
-    )
-    log = (folder / "web.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scoring", "web"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"scoring web exited:\n{(folder / 'web.log').read_text()[-3000:]}")
-        try:
-            requests.get(f"{base}/healthz", timeout=2)
-            return proc, base
-        except requests.RequestException:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("scoring web did not answer within 60 s")
-
-
 def timed(http: requests.Session, label: str, url: str, params: dict, count: int) -> str:
     for _ in range(5):  # warm up: connections, plan caches, gunicorn workers
         http.get(url, params=params, timeout=30).raise_for_status()
@@ -368,7 +317,7 @@ def main() -> None:
             ttl_seconds=3600,
         )
         token, _ = issuer.issue(world["people"][0], ["grid_worker"], "网格员")
-        web, base = start_web(url, keys, folder, args.web_workers)
+        web, base = start_web("scoring", url, keys, folder, args.web_workers)
         http = requests.Session()
         http.headers["Authorization"] = f"Bearer {token}"
         board = f"{base}/api/v1/leaderboard"
