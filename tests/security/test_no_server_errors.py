@@ -162,12 +162,58 @@ def real_ids_hook(town: SeededTownship, service: str) -> Callable:
     return flatmap_path_parameters
 
 
+# Body fields that name an object, and the pool of seeded ids (``SeededTownship.ids``) a
+# generated body may take its value from: a list field takes a list of them.
+BODY_POOLS = {
+    "assignee_id": "user_id",
+    "leader_id": "user_id",
+    "area_leader_id": "user_id",
+    "member_ids": "user_id",
+    "village_id": "village_id",
+    "department": "department_id",
+    "department_id": "department_id",
+    "duplicate_of": "issue_id",
+    "photo_ids": "media_id",
+}
+
+
+def _pool(town: SeededTownship, service: str, name: str) -> list[str]:
+    """The service's own pool of ``name``, else another service's (ids are the township's)."""
+    return town.ids.get((service, name)) or next(
+        (ids for (_svc, pool), ids in town.ids.items() if pool == name and ids), []
+    )
+
+
+def real_body_ids_hook(town: SeededTownship, service: str) -> Callable:
+    """``flatmap_body``: the generated body, or (as often) the same body naming seeded objects
+    in its id fields, so that assign, escalate, reject, grids and departments reach their rules
+    instead of stopping at "not found"."""
+
+    def flatmap_body(_context, body):
+        if not isinstance(body, dict):
+            return st.just(body)
+        real = {}
+        for name, value in body.items():
+            pool = _pool(town, service, BODY_POOLS.get(name, ""))
+            if not pool:
+                continue
+            one = st.sampled_from(pool)
+            real[name] = st.lists(one, max_size=2, unique=True) if isinstance(value, list) else one
+        if not real:
+            return st.just(body)
+        named = st.fixed_dictionaries({**{k: st.just(v) for k, v in body.items()}, **real})
+        return st.one_of(named, st.just(body))
+
+    return flatmap_body
+
+
 def fuzz(town: SeededTownship, service: str) -> Counter:
     """Every route of ``service``: ``EXAMPLES`` generated requests (valid and invalid ones),
     each sent by every caller and checked; returns the count of answers by
     (route, caller, status class)."""
     schema = schemathesis.openapi.from_wsgi("/openapi.json", town.apps[service])
     schema.hooks.register_hook_with_name(real_ids_hook(town, service), "flatmap_path_parameters")
+    schema.hooks.register_hook_with_name(real_body_ids_hook(town, service), "flatmap_body")
     answers: Counter = Counter()
     operations = [result.ok() for result in schema.get_all_operations()]
     # Reads first, then changes, deletions last: a generated DELETE of a seeded post must not
