@@ -216,9 +216,10 @@ def _processes_stay_up(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A failed test (or setup) shows what each process of the system printed last."""
+    """A failed test (or setup) shows what each process of the systems running then printed
+    last (whatever fixture started them through ``start_system``)."""
     outcome = yield
     report = outcome.get_result()
-    if report.failed and "harness" in getattr(item, "fixturenames", ()):
+    if report.failed:
         for system in RUNNING:
             report.sections.append(("e2e processes (last lines)", system.report()))

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from shared.testing import RabbitServer, wait_for
-from tests.e2e.harness import SERVICES, Api, Harness, ServiceSpec, Township, build_township
+from shared.testing import wait_for
+from tests.e2e.harness import SERVICES, Api, Township, build_township
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -265,28 +265,9 @@ def _created(api: Api, path: str, body: dict) -> dict | None:
 
 
 @pytest.fixture(scope="module")
-def scrape(
-    tmp_path_factory: pytest.TempPathFactory,
-    rabbit_server: RabbitServer,
-    migrated_database: Callable[..., str],
-    jwt_keys,
-) -> Iterator[Scrape]:
+def scrape(start_system) -> Iterator[Scrape]:
     """Every service running, a short journey through them, then every process scraped."""
-    specs = [
-        ServiceSpec(s.name, s.processes, {**s.env, "VIEW_FLUSH_VIEWS": "1"}, s.consumes)
-        if s.name == "feed"
-        else s
-        for s in SERVICES
-    ]
-    system = Harness(
-        tmp_path_factory.mktemp("metrics"),
-        lambda service: migrated_database(service, prefix=f"metrics_{service}"),
-        rabbit_server.create_vhost("metrics"),
-        jwt_keys,
-        specs,
-    )
-    try:
-        system.start_all()
+    with start_system("metrics", env={"feed": {"VIEW_FLUSH_VIEWS": "1"}}) as system:
         _journey(build_township(system, tag="metrics"))
         wanted = {
             ("scoring", "worker"): "points_awarded_total{",
@@ -300,17 +281,13 @@ def scrape(
                 lambda s=service, k=kind, w=sample: w in system.metrics_text(s, k),
                 timeout=TIMEOUT,
             )
-        texts = {
-            (spec.name, kind): system.metrics_text(spec.name, kind)
-            for spec in specs
-            for kind in spec.processes
-        }
-        yield Scrape(texts)
-    except Exception:
-        print(system.report())
-        raise
-    finally:
-        system.stop_all()
+        yield Scrape(
+            {
+                (name, kind): system.metrics_text(name, kind)
+                for name in system.specs
+                for kind in system.processes(name)
+            }
+        )
 
 
 def test_every_metric_a_dashboard_queries_is_exported_by_a_running_service(scrape: Scrape):
