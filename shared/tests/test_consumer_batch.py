@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from shared.consumer import batched
 from shared.db import Database, after_commit
 from shared.events import Envelope
 from shared.testing import PostgresServer, TcpProxy, wait_for
@@ -200,3 +201,77 @@ def test_a_lone_event_is_applied_without_waiting_for_a_full_batch(
 
 def _consumers(broker: Broker, queue: str) -> int:
     return int(broker.channel.queue_declare(queue, passive=True).method.consumer_count)
+
+
+class NotesTogether:
+    """A ``batched`` handler: one multi-row insert of notes per call; fails (after writing)
+    any call that holds an event of ``failing``, each such event only for its first N calls
+    alone (``alone_failures``)."""
+
+    def __init__(self, failing: set[str] = frozenset(), alone_failures: int = 0) -> None:
+        self.failing = set(failing)
+        self.alone_failures = alone_failures
+        self.calls: list[list[str]] = []
+        self.handler = batched(self.handle_issue_reported)
+
+    def handle_issue_reported(self, session: Session, events: list[Envelope]) -> None:
+        ids = [str(event.id) for event in events]
+        self.calls.append(ids)
+        session.execute(sa.insert(demo_notes), [{"event_id": e.id, "text": e.type} for e in events])
+        bad = self.failing.intersection(ids)
+        if bad and len(ids) > 1:
+            raise RuntimeError("one of these is bad")
+        if bad and sum(call == ids for call in self.calls) <= self.alone_failures:
+            raise RuntimeError("this one fails alone too")
+
+
+def test_a_batched_handler_gets_the_new_events_of_a_batch_in_one_call(
+    db: Database, broker: Broker, service: str
+) -> None:
+    events = [envelope() for _ in range(30)]
+    together = NotesTogether()
+    consumer = make_consumer(
+        db, broker, service, {"issue.reported": together.handler}, batch_size=100
+    )
+    consumer.declare()
+    with running(consumer.run_forever):  # the first five, applied before the rest is there
+        for item in events[:5]:
+            broker.publish(item, "issue.reported")
+        wait_for(lambda: outcome_count(service, "issue.reported", "processed") == 5)
+    for item in events:  # all 30 waiting, five of them again (redeliveries): one batch
+        broker.publish(item, "issue.reported")
+
+    with running(consumer.run_forever):
+        wait_for(lambda: outcome_count(service, "issue.reported", "processed") == 30)
+        wait_for(lambda: outcome_count(service, "issue.reported", "duplicate") == 5)
+
+    assert note_count(db) == 30
+    assert together.calls[-1] == [item["id"] for item in events[5:]]  # the 25 new, in order
+    assert together.handler.__name__ == "handle_issue_reported"  # what processed_events keeps
+
+
+def test_a_failed_run_is_applied_one_event_at_a_time_and_only_the_culprit_retried(
+    db: Database, broker: Broker, service: str
+) -> None:
+    events = [envelope() for _ in range(12)]
+    bad = events[4]["id"]
+    together = NotesTogether({bad}, alone_failures=1)
+    consumer = make_consumer(
+        db, broker, service, {"issue.reported": together.handler}, batch_size=100
+    )
+    consumer.declare()
+    for item in events:
+        broker.publish(item, "issue.reported")
+
+    with running(consumer.run_forever):
+        wait_for(lambda: outcome_count(service, "issue.reported", "processed") == 12)
+
+    assert outcome_count(service, "issue.reported", "retried") == 1
+    assert note_count(db) == 12  # the failed calls' notes were rolled back
+    assert together.calls[0] == [item["id"] for item in events]  # the run, which failed
+    # Then one at a time up to the culprit, which failed alone and went to its retry; the
+    # try was rolled back and the others applied together again, and the culprit once retried.
+    assert together.calls[1:6] == [[item["id"]] for item in events[:5]]
+    assert together.calls[6] == [item["id"] for item in events if item["id"] != bad]
+    assert together.calls[7:] == [[bad]]
+    assert broker.depth(f"{service}.events.dlq") == 0
