@@ -148,18 +148,31 @@ def emit(session: Session, event_type: str, data: dict[str, Any]) -> dict[str, A
 
     The session must come from the service's ``Database`` (it carries the outbox table).
     """
+    return emit_many(session, event_type, [data])[0]
+
+
+def emit_many(
+    session: Session, event_type: str, datas: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``emit`` for several events of one type: one statement (an executemany) for them all."""
     outbox: sa.Table | None = session.info.get("outbox")
     producer: str | None = session.info.get("producer")
     if outbox is None or producer is None:
         raise RuntimeError("session has no outbox: make it with the service's Database")
-    envelope = make_envelope(event_type, data, producer=producer)
-    session.execute(
-        sa.insert(outbox).values(
-            id=uuid.UUID(envelope["id"]),
-            event_type=event_type,
-            envelope=envelope,
-            created_at=datetime.now(UTC),
-            attempts=0,
+    envelopes = [make_envelope(event_type, data, producer=producer) for data in datas]
+    if envelopes:
+        now = datetime.now(UTC)
+        session.execute(
+            sa.insert(outbox),
+            [
+                {
+                    "id": uuid.UUID(envelope["id"]),
+                    "event_type": event_type,
+                    "envelope": envelope,
+                    "created_at": now,
+                    "attempts": 0,
+                }
+                for envelope in envelopes
+            ],
         )
-    )
-    return envelope
+    return envelopes

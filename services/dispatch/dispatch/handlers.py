@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from dispatch import services
 from dispatch.settings import DispatchSettings
+from shared.consumer import batched
 from shared.errors import Conflict
 from shared.events import Envelope, load_data
 from shared.settings import SettingsHolder
@@ -87,9 +88,10 @@ _settings = SettingsHolder(DispatchSettings)
 settings, use_settings = _settings.get, _settings.use
 
 
-def handle_issue_reported(session: Session, event: Envelope) -> None:
-    """A report enters the admin's queue."""
-    services.receive_report(session, load_data(ReportedData, event.data))
+@batched
+def handle_issue_reported(session: Session, events: list[Envelope]) -> None:
+    """Reports enter the admin's queue (a run of them together: ``shared.consumer.batched``)."""
+    services.receive_reports(session, [load_data(ReportedData, event.data) for event in events])
 
 
 def handle_issue_rated(session: Session, event: Envelope) -> None:

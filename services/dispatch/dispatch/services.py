@@ -149,50 +149,73 @@ def _require_holder(issue: Issue, actor: Principal) -> None:
 
 def receive_report(session: Session, data: dict[str, Any]) -> Issue | None:
     """A new report lands in the admin's queue; a second delivery of the same report is a no-op."""
-    # No autoflush for this look-up: a consumer batch's earlier reports stay pending and go to
-    # PostgreSQL together (one multi-row INSERT per table) when the batch commits. A report
-    # delivered twice in one batch then fails that commit, and the consumer's one-by-one retry
-    # finds the first and skips the second.
+    added = receive_reports(session, [data])
+    return session.get(Issue, added[0]) if added else None
+
+
+def receive_reports(session: Session, reports: list[dict[str, Any]]) -> list[uuid.UUID]:
+    """New reports land in the admin's queue, each with its first history step; reports known
+    already (a redelivery, or the same one twice in the list) are skipped. Returns the ids added.
+
+    Set-based, for the consumer's runs of ``issue.reported``: one look-up of the ids known, one
+    of the staff who submitted for residents, and one insert per table (statistics included,
+    ``dispatch.aggregates``), however many reports."""
+    fresh: dict[uuid.UUID, dict[str, Any]] = {}
+    for data in reports:
+        fresh.setdefault(data["issue_id"], data)
     with session.no_autoflush:
-        if session.get(Issue, data["issue_id"]) is not None:
-            return None
-    issue = Issue(
-        id=data["issue_id"],
-        ticket_no=data.get("ticket_no"),
-        reporter_id=data["reporter_id"],
-        category=data["category"],
-        description=data.get("description") or "",
-        village_id=data["village_id"],
-        address=data.get("address"),
-        lat=data.get("lat"),
-        lon=data.get("lon"),
-        photo_ids=[str(p) for p in data.get("photo_ids") or []],
-        reported_at=data["reported_at"],
-        contact_name=data.get("contact_name"),
-        contact_phone=data.get("contact_phone"),
-        submitted_by=data.get("submitted_by"),
-        state="reported",
-        level="grid",
-    )
-    session.add(issue)  # no flush: the unit of work inserts the item before its history
-    proxy = session.get(Staff, issue.submitted_by) if issue.submitted_by else None
-    session.add(
-        IssueHistory(
-            issue_id=issue.id,
-            action="report",
-            from_state=None,
-            to_state="reported",
-            from_level=None,
-            to_level="grid",
-            actor_id=issue.submitted_by or issue.reporter_id,
-            # 代办: the staff member who submitted it for the resident.
-            actor_name=f"{proxy.name or '工作人员'}（代办）" if issue.submitted_by else "群众",
-            note=None,
-            details={"submitted_by": str(issue.submitted_by)} if issue.submitted_by else {},
-            occurred_at=issue.reported_at,
+        known = set(session.scalars(sa.select(Issue.id).where(Issue.id.in_(list(fresh)))))
+        for issue_id in known:
+            del fresh[issue_id]
+        if not fresh:
+            return []
+        proxies = {d["submitted_by"] for d in fresh.values() if d.get("submitted_by")}
+        names = {
+            row.id: row.name
+            for row in session.execute(sa.select(Staff.id, Staff.name).where(Staff.id.in_(proxies)))
+        }
+    issues, steps = [], []
+    for issue_id, data in fresh.items():
+        proxy = data.get("submitted_by")
+        issues.append(
+            {
+                "id": issue_id,
+                "ticket_no": data.get("ticket_no"),
+                "reporter_id": data["reporter_id"],
+                "category": data["category"],
+                "description": data.get("description") or "",
+                "village_id": data["village_id"],
+                "address": data.get("address"),
+                "lat": data.get("lat"),
+                "lon": data.get("lon"),
+                "photo_ids": [str(p) for p in data.get("photo_ids") or []],
+                "reported_at": data["reported_at"],
+                "contact_name": data.get("contact_name"),
+                "contact_phone": data.get("contact_phone"),
+                "submitted_by": proxy,
+                "state": "reported",
+                "level": "grid",
+            }
         )
-    )
-    return issue
+        steps.append(
+            {
+                "issue_id": issue_id,
+                "action": "report",
+                "from_state": None,
+                "to_state": "reported",
+                "from_level": None,
+                "to_level": "grid",
+                "actor_id": proxy or data["reporter_id"],
+                # 代办: the staff member who submitted it for the resident.
+                "actor_name": f"{names.get(proxy) or '工作人员'}（代办）" if proxy else "群众",
+                "note": None,
+                "details": {"submitted_by": str(proxy)} if proxy else {},
+                "occurred_at": data["reported_at"],
+            }
+        )
+    session.execute(sa.insert(Issue), issues)
+    session.execute(sa.insert(IssueHistory), steps)
+    return list(fresh)
 
 
 # --- the resident follows up (intake's issue.urged / details_added / withdrawn) ----------------

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from scoring import services
 from scoring.settings import ScoringSettings
+from shared.consumer import batched
 from shared.events import Envelope, load_data
 from shared.settings import SettingsHolder
 
@@ -128,9 +129,13 @@ def handle_issue_started(session: Session, event: Envelope) -> None:
     services.receive_start(session, settings(), event, _IssueStep().load(event.data))
 
 
-def handle_issue_resolved(session: Session, event: Envelope) -> None:
-    """Award points on resolution to the resolver: difficulty when on time, else the late rule."""
-    services.receive_resolution(session, event, load_data(ResolvedData, event.data))
+@batched
+def handle_issue_resolved(session: Session, events: list[Envelope]) -> None:
+    """Award points on resolution to the resolver: difficulty when on time, else the late rule
+    (a run of them together: ``shared.consumer.batched``)."""
+    services.receive_resolutions(
+        session, [(event, load_data(ResolvedData, event.data)) for event in events]
+    )
 
 
 def handle_issue_rated(session: Session, event: Envelope) -> None:

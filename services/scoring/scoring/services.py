@@ -35,7 +35,7 @@ from shared.auth import Principal
 from shared.clock import utcnow
 from shared.db import Upsert, after_commit
 from shared.errors import Conflict, Invalid, NotFound
-from shared.events import Envelope, emit
+from shared.events import Envelope, emit_many
 
 log = logging.getLogger("scoring.services")
 
@@ -119,6 +119,15 @@ def _known_person(session: Session, user_id: uuid.UUID, name: str | None = None)
     return person
 
 
+def _known_people(session: Session, user_ids: set[uuid.UUID]) -> None:
+    """``_known_person`` for many at once: one look-up, one insert of the placeholders."""
+    known = set(session.scalars(sa.select(Person.id).where(Person.id.in_(list(user_ids)))))
+    missing = sorted(user_ids - known)
+    if missing:
+        session.add_all(Person(id=i, name="", roles=[], on_board=False) for i in missing)
+        session.flush()
+
+
 # --- the read model of issues --------------------------------------------------------------------
 
 
@@ -133,6 +142,24 @@ def _issue(session: Session, issue_id: uuid.UUID) -> Issue:
         session.add(issue)
         session.flush()
     return issue
+
+
+def _issues(session: Session, issue_ids: list[uuid.UUID]) -> dict[uuid.UUID, Issue]:
+    """``_issue`` for many at once: one locking look-up (in id order, so two workers wait for
+    each other instead of deadlocking), one insert of those not known yet."""
+    wanted = sorted(set(issue_ids))
+    issues = {
+        issue.id: issue
+        for issue in session.scalars(
+            sa.select(Issue).where(Issue.id.in_(wanted)).order_by(Issue.id).with_for_update()
+        )
+    }
+    missing = [Issue(id=i, version=0, reopen_count=0) for i in wanted if i not in issues]
+    if missing:
+        session.add_all(missing)
+        session.flush()
+        issues.update((issue.id, issue) for issue in missing)
+    return issues
 
 
 def apply_snapshot(issue: Issue, data: dict[str, Any]) -> bool:
@@ -290,48 +317,102 @@ def _award(
     resolution_no: int | None = None,
 ) -> uuid.UUID | None:
     """``award`` without reading the entry back: its id, or None when it was there already."""
-    month = domain.month_of(occurred_at)
-    entry_id = uuid.uuid4()
-    inserted = POINTS_ENTRY.execute(
-        session,
-        [
-            {
-                "id": entry_id,
-                "user_id": user_id,
-                "points": result.points,
-                "rule_code": result.code,
-                "rule_version": result.rule.version,
-                "issue_id": issue.id if issue else None,
-                "ticket_no": issue.ticket_no if issue else None,
-                "resolution_no": resolution_no,
-                "source_event_id": event.id,
-                "occurred_at": occurred_at,
-                "period_month": month,
-                "created_at": utcnow(),
-            }
-        ],
-    ).scalar_one_or_none()
-    if inserted is None:
-        return None
-    add_to_totals(session, user_id, month, domain.total_increments(result.code, result.points))
-    emit(
+    credit = Credit(event, user_id, result, issue, occurred_at, resolution_no)
+    return _award_many(session, [credit])[0]
+
+
+@dataclass(frozen=True)
+class Credit:
+    """One ledger entry to be made: what ``event`` earns ``user_id`` under one rule."""
+
+    event: Envelope
+    user_id: uuid.UUID
+    result: domain.Award
+    issue: Issue | None
+    occurred_at: datetime
+    resolution_no: int | None = None
+
+
+def _award_many(session: Session, credits: list[Credit]) -> list[uuid.UUID | None]:
+    """Append the ledger entries, move the users' totals and announce each new entry: one
+    statement per table however many entries. Per credit, the entry's id, or None when the
+    (event, rule) entry was there already."""
+    if not credits:
+        return []
+    now = utcnow()
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "user_id": credit.user_id,
+            "points": credit.result.points,
+            "rule_code": credit.result.code,
+            "rule_version": credit.result.rule.version,
+            "issue_id": credit.issue.id if credit.issue else None,
+            "ticket_no": credit.issue.ticket_no if credit.issue else None,
+            "resolution_no": credit.resolution_no,
+            "source_event_id": credit.event.id,
+            "occurred_at": credit.occurred_at,
+            "period_month": domain.month_of(credit.occurred_at),
+            "created_at": now,
+        }
+        for credit in credits
+    ]
+    inserted = set(POINTS_ENTRY.execute(session, rows).scalars())
+    made = [
+        (credit, row) for credit, row in zip(credits, rows, strict=True) if row["id"] in inserted
+    ]
+    totals: dict[tuple[str, uuid.UUID], dict[str, int]] = {}
+    for credit, row in made:
+        increments = domain.total_increments(credit.result.code, credit.result.points)
+        for period in domain.periods_of_month(row["period_month"]):
+            total = totals.setdefault((period, credit.user_id), {})
+            for column, amount in increments.items():
+                total[column] = total.get(column, 0) + amount
+    _add_totals(session, totals)
+    emit_many(
         session,
         "points.awarded",
-        {
-            "entry_id": entry_id,
-            "user_id": user_id,
-            "points": result.points,
-            "reason": domain.RULE_LABELS[result.code],
-            "rule": result.code,
-            "rule_version": result.rule.version,
-            "issue_id": issue.id if issue else None,
-            "ticket_no": issue.ticket_no if issue else None,
-            "period": f"month:{month}",
-            "occurred_at": occurred_at,
-        },
+        [
+            {
+                "entry_id": row["id"],
+                "user_id": credit.user_id,
+                "points": credit.result.points,
+                "reason": domain.RULE_LABELS[credit.result.code],
+                "rule": credit.result.code,
+                "rule_version": credit.result.rule.version,
+                "issue_id": row["issue_id"],
+                "ticket_no": row["ticket_no"],
+                "period": f"month:{row['period_month']}",
+                "occurred_at": credit.occurred_at,
+            }
+            for credit, row in made
+        ],
     )
-    after_commit(session, lambda: POINTS_AWARDED.labels("scoring", result.code).inc())
-    return entry_id
+    codes = [credit.result.code for credit, _ in made]
+    if codes:
+        after_commit(session, lambda: _count_awards(codes))
+    return [row["id"] if row["id"] in inserted else None for row in rows]
+
+
+def _count_awards(codes: list[str]) -> None:
+    for code in codes:
+        POINTS_AWARDED.labels("scoring", code).inc()
+
+
+def _add_totals(session: Session, totals: dict[tuple[str, uuid.UUID], dict[str, int]]) -> None:
+    """Add to ``score_totals`` rows by (period, user): one upsert, in key order (two workers
+    adding to the same rows wait for each other instead of deadlocking)."""
+    if not totals:
+        return
+    zeros = {c: 0 for c in _TOTAL_COLUMNS}
+    columns = tuple(sorted({column for total in totals.values() for column in total}))
+    _totals_upsert(columns).execute(
+        session,
+        [
+            {"period": period, "user_id": user_id, **zeros, **totals[(period, user_id)]}
+            for period, user_id in sorted(totals, key=lambda key: (key[0], str(key[1])))
+        ],
+    )
 
 
 def add_to_totals(
@@ -339,13 +420,8 @@ def add_to_totals(
 ) -> None:
     """Add to the user's month, quarter, year and all-time totals (one upsert of four rows;
     concurrent workers add, never overwrite)."""
-    zeros = {c: 0 for c in _TOTAL_COLUMNS}
-    _totals_upsert(tuple(sorted(increments))).execute(
-        session,
-        [
-            {"period": period, "user_id": user_id, **zeros, **increments}
-            for period in domain.periods_of_month(month)
-        ],
+    _add_totals(
+        session, {(period, user_id): increments for period in domain.periods_of_month(month)}
     )
 
 
@@ -466,44 +542,42 @@ def receive_resolution(session: Session, event: Envelope, data: dict[str, Any]) 
     """Credit the resolver (not necessarily the assignee): difficulty points when on time by
     the rule in force on the day it was resolved, the late rule's otherwise. A resolution after
     a reopen is scored the same way against its new deadline."""
-    issue = _issue(session, data["issue_id"])
-    apply_snapshot(issue, data)
-    resolver_id = data.get("resolver_id") or data.get("assignee_id")
-    if resolver_id is None:
-        log.warning("issue.resolved %s names no resolver; nothing awarded", event.id)
-        return
-    resolved_at = data.get("resolved_at") or event.occurred_at
-    due_at = data.get("due_at") or issue.due_at
-    on_time = (
-        data["on_time"] if data.get("on_time") is not None else domain.on_time(resolved_at, due_at)
-    )
-    difficulty = data.get("difficulty") or issue.difficulty
-    resolution_no = (
-        data.get("resolution_no")
-        or (data.get("snapshot") or {}).get("resolution_no")
-        or (issue.resolution_no or 0) + 1
-    )
-    result = domain.resolution_award(
-        rule_versions(session),
-        on_time=on_time,
-        difficulty=difficulty,
-        day=domain.local_day(resolved_at),
-    )
-    _known_person(session, resolver_id)
-    entry_id = _award(
-        session,
-        event,
-        user_id=resolver_id,
-        result=result,
-        issue=issue,
-        occurred_at=resolved_at,
-        resolution_no=resolution_no,
-    )
-    if entry_id is None:
-        return
-    _RESOLUTION.execute(
-        session,
-        [
+    receive_resolutions(session, [(event, data)])
+
+
+def receive_resolutions(
+    session: Session, resolutions: list[tuple[Envelope, dict[str, Any]]]
+) -> None:
+    """``receive_resolution`` for a run of events, in their order: one statement per table for
+    the whole run (the consumer's ``batched`` handler)."""
+    issues = _issues(session, [data["issue_id"] for _, data in resolutions])
+    versions = rule_versions(session)
+    credits, rows = [], []
+    for event, data in resolutions:
+        issue = issues[data["issue_id"]]
+        apply_snapshot(issue, data)
+        resolver_id = data.get("resolver_id") or data.get("assignee_id")
+        if resolver_id is None:
+            log.warning("issue.resolved %s names no resolver; nothing awarded", event.id)
+            continue
+        resolved_at = data.get("resolved_at") or event.occurred_at
+        due_at = data.get("due_at") or issue.due_at
+        on_time = (
+            data["on_time"]
+            if data.get("on_time") is not None
+            else domain.on_time(resolved_at, due_at)
+        )
+        difficulty = data.get("difficulty") or issue.difficulty
+        resolution_no = (
+            data.get("resolution_no")
+            or (data.get("snapshot") or {}).get("resolution_no")
+            or (issue.resolution_no or 0) + 1
+        )
+        result = domain.resolution_award(
+            versions, on_time=on_time, difficulty=difficulty, day=domain.local_day(resolved_at)
+        )
+        credits.append(Credit(event, resolver_id, result, issue, resolved_at, resolution_no))
+        rows.append(
             {
                 "issue_id": issue.id,
                 "resolution_no": resolution_no,
@@ -516,7 +590,13 @@ def receive_resolution(session: Session, event: Envelope, data: dict[str, Any]) 
                 "reopened": False,
                 "clawed_back": 0,
             }
-        ],
+        )
+    if not credits:
+        return
+    _known_people(session, {credit.user_id for credit in credits})
+    entries = _award_many(session, credits)
+    _RESOLUTION.execute(
+        session, [row for row, entry in zip(rows, entries, strict=True) if entry is not None]
     )
 
 

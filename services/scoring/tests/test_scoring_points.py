@@ -252,3 +252,61 @@ def test_a_worker_first_named_by_an_issue_event_is_not_refused_at_login(
     response = client.get("/api/v1/points/mine", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     assert response.json["items"][0]["points"] == 1
+
+
+def test_a_run_of_resolutions_applied_together_scores_as_one_at_a_time(db, feed, person) -> None:
+    """The consumer hands ``issue.resolved`` runs to the handler together (``batched``): the
+    ledger, the four totals, the outbox and the resolutions are what one-by-one would give."""
+    from scoring.handlers import handle_issue_resolved
+    from shared.testing import envelope
+
+    workers = [person("grid_worker", name=f"网格员{k}").id for k in range(3)]
+    late = person("grid_worker", name="网格员迟").id  # never heard of before: a placeholder
+    resolved = "2026-11-10T02:00:00Z"
+    due = at(resolved) + timedelta(hours=2)
+    issues = [Dispatch() for _ in range(7)]
+    for k, issue in enumerate(issues):
+        feed("issue.assigned", issue.assigned(workers[k % 3], difficulty=k % 5 + 1, due_at=due))
+    run = [
+        envelope(
+            "issue.resolved",
+            issue.resolved(
+                workers[k % 3], resolved_at=at(resolved), due_at=due, difficulty=k % 5 + 1
+            ),
+        )
+        for k, issue in enumerate(issues)
+    ]
+    run.append(  # late (an hour after its deadline): nothing earned, counted as resolved
+        envelope(
+            "issue.resolved",
+            Dispatch().resolved(
+                late, resolved_at=due + timedelta(hours=1), due_at=due, difficulty=3
+            ),
+        )
+    )
+    with db.transaction() as session:
+        handle_issue_resolved.apply_many(session, run)
+    with db.transaction() as session:  # the same run again (a second guard): nothing more
+        handle_issue_resolved.apply_many(session, run)
+
+    expected = {workers[0]: 1 + 4 + 2, workers[1]: 2 + 5, workers[2]: 3 + 1, late: 0}
+    for worker, points in expected.items():
+        made = entries(db, worker)
+        assert sum(entry.points for entry in made) == points
+        for period in ("month:2026-11", "quarter:2026-Q4", "year:2026", "all"):
+            row = total(db, worker, period)
+            assert (row.points, row.entries) == (points, len(made))
+    assert len(entries(db, late)) == 1
+    ledger = {entry.id for worker in expected for entry in entries(db, worker)}
+    assert len(ledger) == 8
+    assert {
+        uuid.UUID(event["data"]["entry_id"]) for event in outbox(db, "points.awarded")
+    } == ledger
+    with db.transaction() as session:
+        resolutions = session.execute(
+            sa.text("SELECT on_time, points FROM resolutions ORDER BY on_time, points")
+        ).all()
+    assert [tuple(r) for r in resolutions] == [
+        (False, 0),
+        *sorted((True, k % 5 + 1) for k in range(7)),
+    ]
