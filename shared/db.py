@@ -12,6 +12,7 @@ own Alembic history. Example::
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -365,6 +367,7 @@ class Upsert:
         for name in (*names, *self.returning):
             table.c[name]  # a misspelt column fails here, at import, not in use
         self._statements: dict[int, sa.TextClause] = {}
+        self._unnest: sa.TextClause | None = None
 
     def statement(self, rows: int = 1) -> sa.TextClause:
         """The statement for ``rows`` rows in one VALUES list (parameters ``<column>_<i>``);
@@ -376,25 +379,10 @@ class Upsert:
         def name(column: str, i: int) -> str:
             return column if rows == 1 else f"{column}_{i}"
 
-        quoted_table = _quote(self.table.name)
         values = ", ".join(
             "(" + ", ".join(f":{name(c, i)}" for c in self.columns) + ")" for i in range(rows)
         )
-        sets = [
-            f"{_quote(c)} = {quoted_table}.{_quote(c)} + excluded.{_quote(c)}" for c in self.add
-        ]
-        sets += [f"{_quote(c)} = excluded.{_quote(c)}" for c in self.replace]
-        sets += [
-            f"{_quote(c)} = coalesce(excluded.{_quote(c)}, {quoted_table}.{_quote(c)})"
-            for c in self.coalesce
-        ]
-        sql = (
-            f"INSERT INTO {quoted_table} ({', '.join(map(_quote, self.columns))}) "
-            f"VALUES {values} ON CONFLICT ({', '.join(map(_quote, self.conflict))}) "
-            + (f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING")
-        )
-        if self.returning:
-            sql += f" RETURNING {', '.join(map(_quote, self.returning))}"
+        sql = self._sql(f"VALUES {values}")
         stmt = sa.text(sql).bindparams(
             *(
                 sa.bindparam(name(c, i), type_=self.table.c[c].type)
@@ -408,6 +396,69 @@ class Upsert:
             self._statements[rows] = stmt
         return stmt
 
+    def _sql(self, source: str) -> str:
+        """``INSERT INTO <table> (<columns>) <source> ON CONFLICT ... [RETURNING ...]``."""
+        quoted_table = _quote(self.table.name)
+        sets = [
+            f"{_quote(c)} = {quoted_table}.{_quote(c)} + excluded.{_quote(c)}" for c in self.add
+        ]
+        sets += [f"{_quote(c)} = excluded.{_quote(c)}" for c in self.replace]
+        sets += [
+            f"{_quote(c)} = coalesce(excluded.{_quote(c)}, {quoted_table}.{_quote(c)})"
+            for c in self.coalesce
+        ]
+        sql = (
+            f"INSERT INTO {quoted_table} ({', '.join(map(_quote, self.columns))}) "
+            f"{source} ON CONFLICT ({', '.join(map(_quote, self.conflict))}) "
+            + (f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING")
+        )
+        if self.returning:
+            sql += f" RETURNING {', '.join(map(_quote, self.returning))}"
+        return sql
+
+    def unnest_statement(self) -> sa.TextClause:
+        """PostgreSQL: the rows as one array per column (``INSERT ... SELECT FROM unnest``).
+
+        Why: a VALUES list binds a parameter per value, and psycopg converts a statement of more
+        than 50 parameters anew each time (about 6 µs a parameter: 7 ms for 100 rows of 12
+        columns); one array per column keeps the statement short, cached and converted once."""
+        if self._unnest is None:
+            dialect = postgresql.dialect()
+            arrays = ", ".join(
+                f"CAST(:{c} AS {self._sql_type(c).compile(dialect=dialect)}[])"
+                for c in self.columns
+            )
+            picked = ", ".join(
+                f"CAST(u.{_quote(c)} AS {self.table.c[c].type.compile(dialect=dialect)})"
+                if isinstance(self.table.c[c].type, sa.JSON)
+                else f"u.{_quote(c)}"
+                for c in self.columns
+            )
+            names = ", ".join(map(_quote, self.columns))
+            sql = self._sql(f"SELECT {picked} FROM unnest({arrays}) AS u({names})")
+            self._unnest = (
+                sa.text(sql)
+                .bindparams(
+                    *(
+                        sa.bindparam(c, type_=postgresql.ARRAY(self._sql_type(c)))
+                        for c in self.columns
+                    )
+                )
+                .columns(*(self.table.c[c] for c in self.returning))
+            )
+        return self._unnest
+
+    def _sql_type(self, column: str) -> sa.types.TypeEngine:
+        """The column's type; JSON goes as text (cast to JSON by PostgreSQL)."""
+        kind = self.table.c[column].type
+        return sa.Text() if isinstance(kind, sa.JSON) else kind
+
+    def _column_values(self, column: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        values = [row[column] for row in rows]
+        if isinstance(self.table.c[column].type, sa.JSON):
+            return [None if v is None else json.dumps(v, ensure_ascii=False) for v in values]
+        return values
+
     def execute(
         self, session: Session | sa.Connection, rows: Sequence[Mapping[str, Any]]
     ) -> sa.Result | None:
@@ -417,6 +468,11 @@ class Upsert:
             return None
         if not self.returning:
             return session.execute(self.statement(1), [dict(row) for row in rows])
+        if len(rows) > 1 and session.get_bind().dialect.name == "postgresql":
+            return session.execute(
+                self.unnest_statement(),
+                {column: self._column_values(column, rows) for column in self.columns},
+            )
         params = {
             f"{column}_{i}" if len(rows) > 1 else column: row[column]
             for i, row in enumerate(rows)

@@ -114,3 +114,27 @@ def test_executemany_without_returning_and_nothing_for_no_rows(db: Database) -> 
 def test_a_misspelt_column_fails_when_the_statement_is_declared() -> None:
     with pytest.raises(KeyError):
         Upsert(totals, conflict=("period",), columns=("period", "pionts"))
+
+
+def test_many_rows_with_every_kind_of_value_add_up_and_come_back(db: Database) -> None:
+    """On PostgreSQL several rows go as one array per column (``unnest``): UUIDs, UTC times,
+    NULLs, Chinese text and JSON survive it, and a conflict adds as one row at a time would."""
+    users = [uuid.uuid4() for _ in range(4)]
+    at = datetime(2026, 11, 29, 4, 0, tzinfo=UTC)
+    with db.transaction() as session:
+        ADD.execute(session, [_row(users[0], 10, label="旧")])
+    rows = [
+        _row(u, k + 1, label=f"第{k}", seen_at=at if k % 2 else None, extra={"k": [k, "值"]})
+        for k, u in enumerate(users)
+    ]
+    with db.transaction() as session:
+        result = ADD.execute(session, rows)
+        assert result is not None
+        assert sorted(result.all()) == [(2, 1), (3, 1), (4, 1), (11, 2)]
+    with db.transaction() as session:
+        stored = {row.user_id: row for row in session.execute(sa.select(totals))}
+    assert [stored[u].points for u in users] == [11, 2, 3, 4]
+    assert [stored[u].label for u in users] == ["第0", "第1", "第2", "第3"]
+    assert [stored[u].seen_at for u in users] == [None, at, None, at]
+    # The conflicting row keeps what ADD neither adds, replaces nor fills (its JSON: none).
+    assert [stored[u].extra for u in users] == [None, *({"k": [k, "值"]} for k in range(1, 4))]
