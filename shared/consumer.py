@@ -61,11 +61,10 @@ from typing import Any
 import pika
 import pika.exceptions
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from shared.db import Database, utcnow
+from shared.db import Database, Upsert, utcnow
 from shared.events import Envelope, InvalidEnvelope, parse_envelope
 from shared.logging import correlation_id
 from shared.metrics import (
@@ -226,6 +225,12 @@ class Consumer:
         self._dlq_checked_at = 0.0
         self._waiting: list[_Delivery] = []
         self._waiting_since = 0.0
+        self._claims = Upsert(
+            db.metadata.tables["processed_events"],
+            conflict=("event_id", "handler"),
+            columns=("event_id", "handler", "event_type", "processed_at"),
+            returning=("event_id", "handler"),
+        )
 
     # -- topology ------------------------------------------------------------------------
 
@@ -719,13 +724,9 @@ class Consumer:
             (d.envelope.id, handler_name(d.envelope.type, d.handler)): d.envelope.type
             for d in deliveries
         }
-        table = self._processed_events
-        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        inserted = session.execute(
-            # rowcount is not reliable here (-1 under psycopg 3): RETURNING says what was new
-            dialect.insert(table)
-            .on_conflict_do_nothing()
-            .returning(table.c.event_id, table.c.handler),
+        # RETURNING says what was new (rowcount is not reliable: -1 under psycopg 3)
+        inserted = self._claims.execute(
+            session,
             [
                 {"event_id": key[0], "handler": key[1], "event_type": kind, "processed_at": now}
                 for key, kind in sorted(rows.items())
