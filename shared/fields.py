@@ -39,3 +39,19 @@ class Text(fields.String):
         if text_problem(text):
             raise self.make_error("not_text")
         return text
+
+
+class Derived(fields.Function):
+    """A dump-only value computed from the whole object by a one-argument function.
+
+    ``fields.Function`` looks at its function's signature (``inspect.signature``) every time it
+    serialises a value, to decide whether to pass a context: about 15 µs each, a tenth of the
+    time of a 20-item list page with three computed labels per item. This one calls it directly.
+
+    Example::
+
+        category_label = Derived(lambda issue: CATEGORIES.get(issue.category, issue.category))
+    """
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return self.serialize_func(obj)

@@ -11,7 +11,7 @@ from dispatch.models import DEPARTMENT_KINDS
 from dispatch.services import LEDGER_STATUSES
 from shared.auth import STAFF_ROLES
 from shared.clock import SHANGHAI, LocalDateTime, utcnow
-from shared.fields import Text
+from shared.fields import Derived, Text
 
 UUIDS = fields.List(fields.UUID(), load_default=list, validate=validate.Length(max=9))
 
@@ -197,14 +197,14 @@ class IssueOut(Schema):
     id = fields.UUID()
     ticket_no = fields.String(allow_none=True)
     state = fields.String()
-    state_label = fields.Function(lambda i: STATES.get(i.state, i.state))
+    state_label = Derived(lambda i: STATES.get(i.state, i.state))
     level = fields.String()
-    level_label = fields.Function(lambda i: LEVEL_LABELS.get(i.level, i.level))
+    level_label = Derived(lambda i: LEVEL_LABELS.get(i.level, i.level))
     category = fields.String()
-    category_label = fields.Function(lambda i: CATEGORIES.get(i.category, i.category))
+    category_label = Derived(lambda i: CATEGORIES.get(i.category, i.category))
     description = Text()
     village_id = fields.UUID()
-    village_name = fields.Function(lambda i: getattr(i, "village_name", None))
+    village_name = Derived(lambda i: getattr(i, "village_name", None))
     address = Text(allow_none=True)
     lat = fields.Float(allow_none=True)
     lon = fields.Float(allow_none=True)
@@ -212,16 +212,16 @@ class IssueOut(Schema):
     reporter_id = fields.UUID()
     reported_at = LocalDateTime()
     assignee_id = fields.UUID(allow_none=True)
-    assignee_name = fields.Function(lambda i: getattr(i, "assignee_name", None))
+    assignee_name = Derived(lambda i: getattr(i, "assignee_name", None))
     grid_id = fields.UUID(allow_none=True)
     grid_leader_id = fields.UUID(allow_none=True)
     handler_id = fields.UUID(allow_none=True)
     follower_id = fields.UUID(allow_none=True)
     department_id = fields.UUID(allow_none=True)
-    department_name = fields.Function(lambda i: getattr(i, "department_name", None))
+    department_name = Derived(lambda i: getattr(i, "department_name", None))
     difficulty = fields.Integer(allow_none=True)
     due_at = LocalDateTime(allow_none=True)
-    overdue = fields.Function(lambda i: is_overdue(i, utcnow()))
+    overdue = Derived(lambda i: is_overdue(i, utcnow()))
     assigned_at = LocalDateTime(allow_none=True)
     started_at = LocalDateTime(allow_none=True)
     resolved_at = LocalDateTime(allow_none=True)
@@ -254,12 +254,12 @@ class DuplicateOut(Schema):
     reported_at = LocalDateTime()
     distance_m = fields.Integer(allow_none=True)
     state = fields.String()
-    state_label = fields.Function(lambda d: STATES.get(d["state"], d["state"]))
+    state_label = Derived(lambda d: STATES.get(d["state"], d["state"]))
     level = fields.String()
 
 
 class QueueItemOut(IssueOut):
-    possible_duplicates = fields.Function(
+    possible_duplicates = Derived(
         lambda i: DuplicateOut(many=True).dump(getattr(i, "possible_duplicates", [])),
         metadata={"description": "疑似重复：同村同类、时间和地点相近的未办结事项"},
     )
@@ -288,8 +288,8 @@ class PendingCallbackOut(IssueOut):
     """An item waiting for a callback, with the resident's contact for a phone callback: whole
     for supervisors (who call), masked for anyone else (``services.show_contacts``)."""
 
-    contact_name = fields.Function(lambda i: getattr(i, "shown_contact_name", None))
-    contact_phone = fields.Function(lambda i: getattr(i, "shown_contact_phone", None))
+    contact_name = Derived(lambda i: getattr(i, "shown_contact_name", None))
+    contact_phone = Derived(lambda i: getattr(i, "shown_contact_phone", None))
 
 
 class PendingCallbackPageOut(Schema):
@@ -317,14 +317,12 @@ def _text(value: object) -> str | None:
 class CallbackResultOut(CallbackOut):
     """A recorded callback with its item's ticket, category and village (the results history)."""
 
-    supervisor_name = fields.Function(lambda c: getattr(c, "supervisor_name", None))
-    ticket_no = fields.Function(lambda c: getattr(c, "ticket_no", None))
-    category = fields.Function(lambda c: getattr(c, "category", None))
-    category_label = fields.Function(
-        lambda c: CATEGORIES.get(getattr(c, "category", None) or "", None)
-    )
-    village_id = fields.Function(lambda c: _text(getattr(c, "village_id", None)))
-    village_name = fields.Function(lambda c: getattr(c, "village_name", None))
+    supervisor_name = Derived(lambda c: getattr(c, "supervisor_name", None))
+    ticket_no = Derived(lambda c: getattr(c, "ticket_no", None))
+    category = Derived(lambda c: getattr(c, "category", None))
+    category_label = Derived(lambda c: CATEGORIES.get(getattr(c, "category", None) or "", None))
+    village_id = Derived(lambda c: _text(getattr(c, "village_id", None)))
+    village_name = Derived(lambda c: getattr(c, "village_name", None))
 
 
 class CallbackResultPageOut(Schema):
@@ -354,10 +352,10 @@ class LedgerEntryOut(Schema):
     ledger_no = fields.String()
     issue_id = fields.UUID()
     department_id = fields.UUID()
-    department = fields.Function(lambda e: e.department.name)
+    department = Derived(lambda e: e.department.name)
     reason = Text()
     status = fields.String()
-    status_label = fields.Function(lambda e: LEDGER_STATUSES.get(e.status, e.status))
+    status_label = Derived(lambda e: LEDGER_STATUSES.get(e.status, e.status))
     referred_at = LocalDateTime()
     updated_at = LocalDateTime()
     progress = fields.List(fields.Nested(LedgerProgressOut))
@@ -423,7 +421,7 @@ class GridOut(Schema):
     village_id = fields.UUID()
     name = Text()
     leader_id = fields.UUID(allow_none=True)
-    member_ids = fields.Function(lambda g: [str(m.user_id) for m in g.members])
+    member_ids = Derived(lambda g: [str(m.user_id) for m in g.members])
 
 
 class AreaLeaderIn(_In):
@@ -472,16 +470,16 @@ class DepartmentOut(Schema):
     code = fields.String()
     name = Text()
     kind = fields.String()
-    kind_label = fields.Function(lambda d: DEPARTMENT_KINDS.get(d.kind, d.kind))
+    kind_label = Derived(lambda d: DEPARTMENT_KINDS.get(d.kind, d.kind))
     active = fields.Boolean()
-    member_ids = fields.Function(lambda d: [str(m.user_id) for m in d.members])
+    member_ids = Derived(lambda d: [str(m.user_id) for m in d.members])
 
 
 class StaffOut(Schema):
     id = fields.UUID()
     name = Text()
     # Admins only (``organisation.list_staff`` sets ``shown_phone``); null for anyone else.
-    phone = fields.Function(lambda s: getattr(s, "shown_phone", None), allow_none=True)
+    phone = Derived(lambda s: getattr(s, "shown_phone", None), allow_none=True)
     roles = fields.List(fields.String())
     village_id = fields.UUID(allow_none=True)
     active = fields.Boolean()

@@ -15,7 +15,7 @@ from intake.domain import (
     mobile_number,
 )
 from shared.clock import LocalDateTime
-from shared.fields import Text
+from shared.fields import Derived, Text
 
 MAX_PHOTOS = 9
 
@@ -134,7 +134,7 @@ class PhoneIn(Schema):
 
 
 class PhoneOut(Schema):
-    phone = fields.Function(lambda u: masked_phone(u.contact_phone))
+    phone = Derived(lambda u: masked_phone(u.contact_phone))
     source = fields.String(attribute="contact_phone_source", allow_none=True)
     confirmed_at = LocalDateTime(attribute="contact_phone_confirmed_at", allow_none=True)
 
@@ -196,12 +196,12 @@ class IssueSummaryOut(Schema):
     id = fields.UUID()
     ticket_no = fields.String()
     category = fields.String()
-    category_label = fields.Function(lambda i: CATEGORIES.get(i.category, i.category))
+    category_label = Derived(lambda i: CATEGORIES.get(i.category, i.category))
     description = Text()
     status = fields.String()
-    status_label = fields.Function(lambda i: STATES.get(i.status, i.status))
+    status_label = Derived(lambda i: STATES.get(i.status, i.status))
     level = fields.String()
-    level_label = fields.Function(lambda i: LEVELS.get(i.level, i.level))
+    level_label = Derived(lambda i: LEVELS.get(i.level, i.level))
     handler_name = fields.String(attribute="assignee_name", allow_none=True)
     due_at = LocalDateTime(allow_none=True)
     reported_at = LocalDateTime()
@@ -218,11 +218,11 @@ class OriginalProgressOut(Schema):
 
     ticket_no = fields.String(allow_none=True)
     category = fields.String(allow_none=True)
-    category_label = fields.Function(lambda d: CATEGORIES.get(d.get("category"), d.get("category")))
+    category_label = Derived(lambda d: CATEGORIES.get(d.get("category"), d.get("category")))
     status = fields.String(allow_none=True)
-    status_label = fields.Function(lambda d: STATES.get(d.get("status"), d.get("status")))
+    status_label = Derived(lambda d: STATES.get(d.get("status"), d.get("status")))
     level = fields.String(allow_none=True)
-    level_label = fields.Function(lambda d: LEVELS.get(d.get("level"), d.get("level")))
+    level_label = Derived(lambda d: LEVELS.get(d.get("level"), d.get("level")))
     handler_name = fields.String(allow_none=True)
     reported_at = LocalDateTime(allow_none=True)
     due_at = LocalDateTime(allow_none=True)
@@ -238,9 +238,9 @@ class IssueOut(IssueSummaryOut):
     lat = fields.Float(allow_none=True)
     lon = fields.Float(allow_none=True)
     # Only photos attached to the report (``services.visible_issue`` sets ``shown_*``).
-    photos = fields.Function(lambda i: photo_links(getattr(i, "shown_photo_ids", i.photo_ids)))
+    photos = Derived(lambda i: photo_links(getattr(i, "shown_photo_ids", i.photo_ids)))
     resolution_note = fields.String(allow_none=True)
-    resolution_photos = fields.Function(
+    resolution_photos = Derived(
         lambda i: photo_links(getattr(i, "shown_resolution_photo_ids", i.resolution_photo_ids))
     )
     resolved_at = LocalDateTime(allow_none=True)
@@ -248,7 +248,7 @@ class IssueOut(IssueSummaryOut):
     closed_at = LocalDateTime(allow_none=True)
     can_rate = fields.Boolean()
     contact_name = Text(allow_none=True)
-    contact_phone = fields.Function(lambda i: masked_phone(i.contact_phone))
+    contact_phone = Derived(lambda i: masked_phone(i.contact_phone))
     submitted_by = fields.UUID(allow_none=True)
     urge_count = fields.Integer()
     last_urged_at = LocalDateTime(allow_none=True)
@@ -272,7 +272,7 @@ class ReportCreatedOut(Schema):
 class RatingOut(Schema):
     issue_id = fields.UUID()
     rating = fields.String()
-    rating_label = fields.Function(lambda r: RATINGS.get(r.rating, r.rating))
+    rating_label = Derived(lambda r: RATINGS.get(r.rating, r.rating))
     comment = Text(allow_none=True)
     rated_at = LocalDateTime()
 
