@@ -3,24 +3,32 @@
 One ``handle_<event>`` per event type and the one table ``SUBSCRIPTIONS`` the worker binds. Each
 handler declares only the fields it reads (tolerant reader), keeps what later messages need
 (people, villages, who holds each item) and calls ``services.tell`` with the recipients, the
-template variables and what the message links to. The consumer runs it in the transaction that
-records the event id, and ``tell`` writes each (event, person) once: a redelivery tells nobody
-twice.
+template variables and what the message links to (``tell_many`` for a run of reports). The
+consumer runs it in the transaction that records the event id, and ``tell`` writes each (event,
+person) once: a redelivery tells nobody twice.
 
 Notify publishes no events.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
 from marshmallow import EXCLUDE, Schema, fields
 from sqlalchemy.orm import Session
 
 from notify import services
-from notify.services import Link
+from notify.services import Link, Notice
 from notify.settings import NotifySettings
 from notify.templates import level_label, period_label, rating_label
+from shared.consumer import batched
 from shared.events import Envelope, load_data
 from shared.settings import SettingsHolder
+
+# Who hears of a new report in its village, besides the township admins.
+VILLAGE_STAFF = ("grid_worker", "grid_leader")
 
 REOPEN_REASONS = {
     "unsatisfied": "群众评价不满意",
@@ -142,14 +150,46 @@ def _tell_issue(session, event, kind, recipients, issue, **extra) -> None:
     services.tell(session, settings(), event, kind, recipients, variables, Link("issue", issue.id))
 
 
-def handle_issue_reported(session: Session, event: Envelope) -> None:
-    """A new report: the township admins, and the grid workers and leaders of its village."""
-    data = load_data(ReportedData, event.data)
-    issue = services.remember_report(session, data)
-    recipients = services.with_role(
-        session, "admin", village_id=issue.village_id, or_in_village=("grid_worker", "grid_leader")
-    )
-    _tell_issue(session, event, "reported", recipients, issue)
+@batched
+def handle_issue_reported(session: Session, events: list[Envelope]) -> None:
+    """A new report: the township admins, and the grid workers and leaders of its village.
+
+    A run of reports is remembered and told together (``shared.consumer.batched``): a few
+    statements for the run instead of a few per report."""
+    reports = [(event, load_data(ReportedData, event.data)) for event in events]
+    notices = []
+    for part in _each_issue_once(reports):
+        remembered = services.remember_reports(session, [data for _, data in part])
+        issues = [remembered[data["issue_id"]] for _, data in part]
+        staff = services.with_role_by_village(
+            session,
+            "admin",
+            village_ids=[issue.village_id for issue in issues],
+            or_in_village=VILLAGE_STAFF,
+        )
+        variables = services.issue_variables_many(session, issues)
+        notices += [
+            Notice(event, "reported", staff[issue.village_id], values, Link("issue", issue.id))
+            for (event, _), issue, values in zip(part, issues, variables, strict=True)
+        ]
+    services.tell_many(session, settings(), notices)
+
+
+def _each_issue_once(
+    reports: list[tuple[Envelope, dict[str, Any]]],
+) -> Iterator[list[tuple[Envelope, dict[str, Any]]]]:
+    """The run cut where an issue comes again (rare): each part is remembered in one statement,
+    and a report's message says what the reports before it left, as one after the other would."""
+    part: list[tuple[Envelope, dict[str, Any]]] = []
+    seen: set[uuid.UUID] = set()
+    for event, data in reports:
+        if data["issue_id"] in seen:
+            yield part
+            part, seen = [], set()
+        part.append((event, data))
+        seen.add(data["issue_id"])
+    if part:
+        yield part
 
 
 def handle_issue_assigned(session: Session, event: Envelope) -> None:

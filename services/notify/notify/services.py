@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -107,23 +107,36 @@ _REPORTED = ("ticket_no", "category", "village_id", "reporter_id")
 
 
 def remember_report(session: Session, data: dict[str, Any]) -> Issue:
+    """What only ``issue.reported`` says (``remember_reports`` for one report)."""
+    return remember_reports(session, [data])[data["issue_id"]]
+
+
+def remember_reports(session: Session, datas: Sequence[dict[str, Any]]) -> dict[uuid.UUID, Issue]:
     """What only ``issue.reported`` says: ticket, category, village, reporter (each kept when
-    the event leaves it empty).
+    the event leaves it empty). Returns the issues by id.
 
-    One upsert that locks the row and returns it, instead of a read, an insert and a read."""
-    return session.scalars(
-        sa.select(Issue).from_statement(_REMEMBER_REPORT.statement()),
-        {
-            "id": data["issue_id"],
-            "version": 0,
-            "holder_ids": [],
-            **{name: data.get(name) or None for name in _REPORTED},
-        },
+    One upsert for the whole run that locks the rows and returns them, instead of a read, an
+    insert and a read per report. An issue given twice is left as the reports one after the
+    other would leave it (a later value wins, an empty one keeps the earlier)."""
+    rows: dict[uuid.UUID, dict[str, Any]] = {}
+    for data in datas:
+        row = rows.setdefault(
+            data["issue_id"],
+            {"id": data["issue_id"], "version": 0, "holder_ids": [], **dict.fromkeys(_REPORTED)},
+        )
+        row.update({name: data[name] for name in _REPORTED if data.get(name)})
+    issues: dict[uuid.UUID, Issue] = {}
+    statement, params = _REMEMBER_REPORT.prepared(session, list(rows.values()))
+    found = session.scalars(
+        sa.select(Issue).from_statement(statement),
+        params,
         execution_options={"populate_existing": True},
-    ).one()
+    )
+    issues.update((issue.id, issue) for issue in found)
+    return issues
 
 
-# The same statement for every event (shared.db.Upsert says why it is not an ORM insert).
+# The same statement for every run (shared.db.Upsert says why it is not an ORM insert).
 _REMEMBER_REPORT = Upsert(
     Issue.__table__,
     conflict=("id",),
@@ -176,34 +189,60 @@ def with_role(
     plus, with ``or_in_village``, those holding one of those roles in ``village_id``: one query,
     once per session (a batch of events) for the same question.
     """
+    return with_role_by_village(
+        session, *roles, village_ids=[village_id], or_in_village=or_in_village
+    )[village_id]
+
+
+def with_role_by_village(
+    session: Session,
+    *roles: str,
+    village_ids: Iterable[uuid.UUID | None],
+    or_in_village: tuple[str, ...] = (),
+) -> dict[uuid.UUID | None, list[uuid.UUID]]:
+    """``with_role`` for several villages at once (a run of reports from ten villages): one
+    query for the villages not asked about yet this session, instead of one per village."""
     kept = _kept(session, _WITH_ROLE)
-    key = (roles, village_id, or_in_village)
-    if key not in kept:
-        kept[key] = _with_role(session, roles, village_id, or_in_village)
-    return list(kept[key])
+    villages = list(dict.fromkeys(village_ids))
+    missing = [v for v in villages if (roles, v, or_in_village) not in kept]
+    if missing:
+        for village_id, people in _with_role(session, roles, missing, or_in_village).items():
+            kept[(roles, village_id, or_in_village)] = people
+    return {v: list(kept[(roles, v, or_in_village)]) for v in villages}
 
 
 def _with_role(
     session: Session,
     roles: tuple[str, ...],
-    village_id: uuid.UUID | None,
+    villages: list[uuid.UUID | None],
     or_in_village: tuple[str, ...],
-) -> list[uuid.UUID]:
-    stmt = sa.select(PersonRole.user_id).distinct()
-    if or_in_village and village_id is not None:
-        stmt = stmt.join(Person, Person.id == PersonRole.user_id).where(
-            sa.or_(
-                PersonRole.role.in_(roles),
-                sa.and_(PersonRole.role.in_(or_in_village), Person.village_id == village_id),
-            )
+) -> dict[uuid.UUID | None, list[uuid.UUID]]:
+    named = [v for v in villages if v is not None]
+    asked = []
+    if or_in_village or None in villages:  # ``roles`` township-wide
+        asked.append(PersonRole.role.in_(roles))
+    if named:  # ``or_in_village`` (else ``roles``) in each village
+        asked.append(
+            sa.and_(PersonRole.role.in_(or_in_village or roles), Person.village_id.in_(named))
         )
-    elif village_id is not None:
-        stmt = stmt.join(Person, Person.id == PersonRole.user_id).where(
-            PersonRole.role.in_(roles), Person.village_id == village_id
-        )
-    else:
-        stmt = stmt.where(PersonRole.role.in_(roles))
-    return list(session.scalars(stmt))
+    held = session.execute(
+        sa.select(PersonRole.user_id, PersonRole.role, Person.village_id)
+        .join(Person, Person.id == PersonRole.user_id)
+        .where(sa.or_(*asked))
+    ).all()
+    everywhere = [user_id for user_id, role, _ in held if role in roles]
+    found: dict[uuid.UUID | None, list[uuid.UUID]] = {}
+    for village_id in villages:
+        if village_id is None:
+            people = everywhere
+        elif or_in_village:
+            people = everywhere + [
+                u for u, role, v in held if role in or_in_village and v == village_id
+            ]
+        else:
+            people = [u for u, role, v in held if role in roles and v == village_id]
+        found[village_id] = list(dict.fromkeys(people))
+    return found
 
 
 def news_followers(session: Session) -> list[uuid.UUID]:
@@ -246,12 +285,28 @@ def issue_variables(session: Session, issue: Issue, **extra: Any) -> dict[str, A
     return values
 
 
+def issue_variables_many(session: Session, issues: Sequence[Issue]) -> list[dict[str, Any]]:
+    """``issue_variables`` of each item, their villages read in one query."""
+    _read_villages(session, [issue.village_id for issue in issues])
+    return [issue_variables(session, issue) for issue in issues]
+
+
 def _village(session: Session, village_id: uuid.UUID) -> Village | None:
     """The village, read once per session (a village not known yet too)."""
     kept = _kept(session, _VILLAGES)
     if village_id not in kept:
-        kept[village_id] = session.get(Village, village_id)
+        _read_villages(session, [village_id])
     return kept[village_id]
+
+
+def _read_villages(session: Session, village_ids: Iterable[uuid.UUID | None]) -> None:
+    """Keep for the session the villages of ``village_ids`` not read yet, in one query."""
+    kept = _kept(session, _VILLAGES)
+    missing = list(dict.fromkeys(v for v in village_ids if v is not None and v not in kept))
+    if missing:
+        kept.update(dict.fromkeys(missing))
+        found = session.scalars(sa.select(Village).where(Village.id.in_(missing)))
+        kept.update((village.id, village) for village in found)
 
 
 def _people(
@@ -271,6 +326,16 @@ def _people(
     return {i: kept[i] for i in ids if kept[i] is not None}
 
 
+class Notice(NamedTuple):
+    """What one event tells whom (``tell_many`` writes a run of them together)."""
+
+    event: Envelope
+    kind: str
+    recipients: Iterable[uuid.UUID | None]
+    variables: dict[str, Any]
+    link: Link
+
+
 def tell(
     session: Session,
     settings: NotifySettings,
@@ -280,73 +345,110 @@ def tell(
     variables: dict[str, Any],
     link: Link,
 ) -> int:
-    """One inbox row per recipient (once per event) and a pending delivery on every other
-    channel the recipient takes for this kind. Returns how many inbox rows were new.
+    """``tell_many`` for one event. Returns how many inbox rows were new."""
+    return tell_many(session, settings, [Notice(event, kind, recipients, variables, link)])
 
-    Three statements whatever the number of recipients: who they are (with their preferences),
-    the inbox rows (``ON CONFLICT DO NOTHING RETURNING``: a person this event told already is
-    skipped) and their deliveries."""
-    wanted = list(dict.fromkeys(r for r in recipients if r is not None))
-    if not wanted:
+
+def tell_many(session: Session, settings: NotifySettings, notices: Iterable[Notice]) -> int:
+    """One inbox row per recipient of each notice (once per event) and a pending delivery on
+    every other channel the recipient takes for its kind. Returns how many inbox rows were new.
+
+    Three statements whatever the number of events and recipients: who they are (with their
+    preferences; once per session), the inbox rows (``ON CONFLICT DO NOTHING RETURNING``: a
+    person an event told already is skipped) and their deliveries."""
+    asked = []
+    for notice in notices:
+        wanted = list(dict.fromkeys(r for r in notice.recipients if r is not None))
+        if wanted:
+            asked.append((Notice(*notice), wanted))
+    if not asked:
         return 0
-    rendered = templates.render(kind, variables)
-    stored = _jsonable(variables)
-    now = utcnow()
-    people = _people(session, wanted)
-    wanted = [u for u in wanted if u not in people or people[u][0].active]
-    if not wanted:
-        return 0
-    made = _INBOX.execute(
-        session,
-        [
-            {
-                "id": uuid.uuid4(),
-                "user_id": user_id,
-                "event_id": event.id,
-                "event_type": event.type,
-                "kind": kind,
-                "title": rendered.title,
-                "body": rendered.body,
-                "link_type": link.type,
-                "link_id": str(link.id) if link.id is not None else None,
-                "variables": stored,
-                "created_at": now,
-                "read_at": None,
-            }
-            for user_id in wanted
-        ],
-    ).all()
+    people = _people(session, list(dict.fromkeys(u for _, wanted in asked for u in wanted)))
+    inactive = {user_id for user_id, (person, _) in people.items() if not person.active}
+    messages: list[tuple[dict[str, Any], list[uuid.UUID]]] = []
+    # Per event id, what it tells whom (twice: the same event twice in a run, whose second
+    # rows the inbox statement skips as it skips rows written before).
+    told: dict[uuid.UUID, list[tuple[Notice, datetime, list[uuid.UUID]]]] = {}
+    now = None
+    for notice, wanted in asked:
+        rendered = templates.render(notice.kind, notice.variables)
+        now = _later(now)
+        event, link = notice.event, notice.link
+        fresh = [user_id for user_id in wanted if user_id not in inactive]
+        if not fresh:
+            continue
+        told.setdefault(event.id, []).append((notice, now, fresh))
+        message = {
+            "event_id": event.id,
+            "event_type": event.type,
+            "kind": notice.kind,
+            "title": rendered.title,
+            "body": rendered.body,
+            "link_type": link.type,
+            "link_id": str(link.id) if link.id is not None else None,
+            "variables": _jsonable(notice.variables),
+            "created_at": now,
+        }
+        messages.append((message, fresh))
+    made = _write_inbox(session, messages)
     if not made:
-        return 0  # this event told everyone already
+        return 0  # these events told everyone already
     NOTIFICATIONS_SENT.labels(service="notify", channel="inbox", outcome="sent").inc(len(made))
-    urgent = templates.TEMPLATES[kind].urgent
-    rows = []
-    for notification_id, user_id in made:
+    deliveries_made = []
+    for notification_id, event_id, user_id in made:
+        tellings = told[event_id]
+        notice, told_at, _ = (
+            tellings[0]
+            if len(tellings) == 1
+            else next(telling for telling in tellings if user_id in telling[2])
+        )
         person, preference = people.get(user_id, (None, None))
-        for channel, address in _channels_for(settings, kind, person, preference):
-            if channel == "wechat" and not templates.wechat_ready(kind, variables):
+        urgent = templates.TEMPLATES[notice.kind].urgent
+        for channel, address in _channels_for(settings, notice.kind, person, preference):
+            if channel == "wechat" and not templates.wechat_ready(notice.kind, notice.variables):
                 continue
-            held = deliveries.quiet_until(channel, urgent, preference, settings, now)
-            rows.append(
+            held = deliveries.quiet_until(channel, urgent, preference, settings, told_at)
+            deliveries_made.append(
                 {
                     "id": uuid.uuid4(),
                     "notification_id": notification_id,
-                    "event_id": event.id,
+                    "event_id": event_id,
                     "user_id": user_id,
                     "channel": channel,
-                    "kind": kind,
+                    "kind": notice.kind,
                     "address": address,
                     "status": "pending",
                     "urgent": urgent,
                     "attempts": 0,
-                    "next_attempt_at": held or now,
-                    "created_at": now,
-                    "updated_at": now,
+                    "next_attempt_at": held or told_at,
+                    "created_at": told_at,
+                    "updated_at": told_at,
                 }
             )
-    if rows:
-        _DELIVERIES.execute(session, rows)
+    if deliveries_made:
+        _DELIVERIES.execute(session, deliveries_made)
     return len(made)
+
+
+def _write_inbox(
+    session: Session, messages: list[tuple[dict[str, Any], list[uuid.UUID]]]
+) -> list[sa.Row]:
+    """Each message's inbox row for each of its people, but those there already (``ON
+    CONFLICT DO NOTHING``); returns ``(id, event_id, user_id)`` of the rows that are new. One
+    statement for the run (``shared.db.Upsert``: the rows as one JSON parameter on PostgreSQL)."""
+    rows = [
+        {**message, "id": uuid.uuid4(), "user_id": user_id}
+        for message, people in messages
+        for user_id in people
+    ]
+    return _INBOX.execute(session, rows).all() if rows else []
+
+
+def _later(previous: datetime | None) -> datetime:
+    """Now, but after ``previous``: the events of a run keep their order in the inbox (newest
+    first by ``created_at``), as when they are told one after the other."""
+    now = utcnow()
+    return now if previous is None or now > previous else previous + timedelta(microseconds=1)
 
 
 # Cached ON CONFLICT statements (shared.db.Upsert says why): a person an event told already is
@@ -366,10 +468,11 @@ _INBOX = Upsert(
         "link_id",
         "variables",
         "created_at",
-        "read_at",
     ),
-    returning=("id", "user_id"),
+    returning=("id", "event_id", "user_id"),
 )
+
+
 _DELIVERIES = Upsert(
     Delivery.__table__,
     conflict=("event_id", "user_id", "channel"),
