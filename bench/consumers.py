@@ -12,7 +12,8 @@ RabbitMQ, fills the service's queue with N envelopes, then times ``shared.worker
 (the worker's consumer, configured from the service's default settings) draining it. The
 reference is ``shared.bench_consumer``: the same consumer with a one-row handler. A second row
 per service times the handler alone (direct calls, one transaction per 100 events, no broker and
-no inbox): the ceiling the consumer's plumbing leaves room for.
+no inbox; a ``batched`` handler gets the 100 in one call, as the consumer hands them): the
+ceiling the consumer's plumbing leaves room for.
 
     .venv/bin/python -m bench.run --only consumers          # 100 k events, median of 3
     .venv/bin/python -m bench.run --smoke --only consumers  # 300 events, once
@@ -326,11 +327,15 @@ def handler_rate(svc: Service, n: int, batch: int = 100) -> float:
             _apply_directly(db, svc.subscriptions, first[k : k + batch])
         envelopes: list[Envelope] = [parse_envelope(raw) for raw in timed]
         handler = svc.subscriptions[svc.event_type]
+        apply_many = getattr(handler, "apply_many", None)  # a ``batched`` handler: as consumed
         started = time.perf_counter()
         for k in range(0, n, batch):
             with db.transaction() as session:
-                for envelope in envelopes[k : k + batch]:
-                    handler(session, envelope)
+                if apply_many is not None:
+                    apply_many(session, envelopes[k : k + batch])
+                else:
+                    for envelope in envelopes[k : k + batch]:
+                        handler(session, envelope)
         return n / (time.perf_counter() - started)
 
 
