@@ -588,6 +588,7 @@ class Consumer:
         together = together and not guarded
         try:
             with self.db.transaction() as session:
+                _plan_each_statement(session)
                 claimed = self._claim(session, deliveries)
                 if together:
                     self._apply_runs(session, deliveries, claimed)
@@ -909,6 +910,18 @@ class _HandlerFailed(Exception):
     def __init__(self, delivery: _Delivery, error: Exception) -> None:
         super().__init__(str(error))
         self.delivery, self.error = delivery, error
+
+
+def _plan_each_statement(session: Session) -> None:
+    """PostgreSQL: plan this transaction's statements for their actual parameters.
+
+    Why: psycopg prepares a statement run five times, and PostgreSQL may then keep one generic
+    plan for it, made for the table as it was: a batch look-up planned while ``issues`` was
+    nearly empty stays a sequential scan as a backlog fills it (dispatch's ``issue.reported``
+    runs fell from 6,900 to 3,000 events/s over 60 k reports). Planning costs a fraction of a
+    millisecond per statement, and a batch runs only a handful."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
 def _take_after_commit(session: Session) -> list[Callable[[], None]]:

@@ -325,6 +325,22 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+def among(
+    session: Session | sa.Connection, column: sa.ColumnElement[Any], values: Iterable[Any]
+) -> sa.ColumnElement[bool]:
+    """``column`` among ``values``: on PostgreSQL ``= ANY`` of one array parameter, an ``IN``
+    list on SQLite.
+
+    Why: an ``IN`` list binds a parameter per value, so its text changes with the count and
+    psycopg converts a long one anew each time (about 6 µs a parameter); one array parameter
+    keeps one short text, converted once. (The consumer also plans its batches' statements for
+    their actual parameters: ``shared.consumer``.)"""
+    values = list(values)
+    if session.get_bind().dialect.name == "postgresql":
+        return column == sa.func.any(sa.literal(values, sa.ARRAY(column.type)))
+    return column.in_(values)
+
+
 class Upsert:
     """``INSERT ... ON CONFLICT`` for a hot path, as one SQL text for PostgreSQL and SQLite alike.
 

@@ -49,7 +49,7 @@ from pika.spec import Basic
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from shared.db import Database
+from shared.db import Database, among
 from shared.metrics import (
     BROKER_CONNECTED,
     EVENTS_PUBLISHED,
@@ -463,7 +463,7 @@ class OutboxRelay:
             if sent:
                 session.execute(
                     sa.update(outbox)
-                    .where(self._among(session, [row.id for row in sent]))
+                    .where(among(session, outbox.c.id, [row.id for row in sent]))
                     .values(sent_at=datetime.now(UTC), next_attempt_at=None)
                 )
                 sent_types = [row.event_type for row in sent]
@@ -474,7 +474,7 @@ class OutboxRelay:
                 error = result.error
                 session.execute(
                     sa.update(outbox)
-                    .where(self._among(session, [row.id for row in unsent]))
+                    .where(among(session, outbox.c.id, [row.id for row in unsent]))
                     .values(attempts=outbox.c.attempts + 1, last_error=(error or "")[:2000])
                 )
                 if failure is None and not self._publisher.is_open:
@@ -492,15 +492,6 @@ class OutboxRelay:
         if failure is not None:
             raise failure
         return len(sent_types)
-
-    def _among(self, session: Session, ids: list[Any]) -> sa.ColumnElement[bool]:
-        """``id`` among ``ids``: one array parameter on PostgreSQL (``= ANY``), whose statement
-        text stays the same for every batch, instead of an ``IN`` list of a parameter per row
-        that the driver parses anew each time; an ``IN`` list on SQLite."""
-        column = self.outbox.c.id
-        if session.get_bind().dialect.name == "postgresql":
-            return column == sa.func.any(sa.literal(ids, sa.ARRAY(column.type)))
-        return column.in_(ids)
 
     def _keep_unroutable(self, session: Session, returned: list[tuple[Any, str]], now: datetime):
         """Leave returned rows pending, each with its reason and the time of its next try."""

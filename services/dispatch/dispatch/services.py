@@ -38,6 +38,7 @@ from dispatch.models import (
 from dispatch.settings import DispatchSettings
 from shared.auth import Principal
 from shared.clock import SHANGHAI, utcnow
+from shared.db import among
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.events import emit
 from shared.pagination import keyset_page
@@ -164,7 +165,7 @@ def receive_reports(session: Session, reports: list[dict[str, Any]]) -> list[uui
     for data in reports:
         fresh.setdefault(data["issue_id"], data)
     with session.no_autoflush:
-        known = set(session.scalars(sa.select(Issue.id).where(Issue.id.in_(list(fresh)))))
+        known = set(session.scalars(sa.select(Issue.id).where(among(session, Issue.id, fresh))))
         for issue_id in known:
             del fresh[issue_id]
         if not fresh:
@@ -172,7 +173,13 @@ def receive_reports(session: Session, reports: list[dict[str, Any]]) -> list[uui
         proxies = {d["submitted_by"] for d in fresh.values() if d.get("submitted_by")}
         names = {
             row.id: row.name
-            for row in session.execute(sa.select(Staff.id, Staff.name).where(Staff.id.in_(proxies)))
+            for row in (
+                session.execute(
+                    sa.select(Staff.id, Staff.name).where(among(session, Staff.id, proxies))
+                )
+                if proxies
+                else ()
+            )
         }
     issues, steps = [], []
     for issue_id, data in fresh.items():

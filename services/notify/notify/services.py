@@ -25,7 +25,7 @@ from notify.metrics import NOTIFICATIONS_SENT
 from notify.models import Delivery, Issue, Notification, Person, PersonRole, Preference, Village
 from notify.settings import NotifySettings
 from shared.clock import utcnow
-from shared.db import Database, Upsert
+from shared.db import Database, Upsert, among
 from shared.errors import Invalid, NotFound
 from shared.events import Envelope
 from shared.pagination import keyset_page
@@ -305,7 +305,7 @@ def _read_villages(session: Session, village_ids: Iterable[uuid.UUID | None]) ->
     missing = list(dict.fromkeys(v for v in village_ids if v is not None and v not in kept))
     if missing:
         kept.update(dict.fromkeys(missing))
-        found = session.scalars(sa.select(Village).where(Village.id.in_(missing)))
+        found = session.scalars(sa.select(Village).where(among(session, Village.id, missing)))
         kept.update((village.id, village) for village in found)
 
 
@@ -320,7 +320,7 @@ def _people(
         known = session.execute(
             sa.select(Person, Preference)
             .outerjoin(Preference, Preference.user_id == Person.id)
-            .where(Person.id.in_(missing))
+            .where(among(session, Person.id, missing))
         ).all()
         kept.update({person.id: (person, preference) for person, preference in known})
     return {i: kept[i] for i in ids if kept[i] is not None}

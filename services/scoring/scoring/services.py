@@ -33,7 +33,7 @@ from scoring.models import (
 from scoring.settings import ScoringSettings
 from shared.auth import Principal
 from shared.clock import utcnow
-from shared.db import Upsert, after_commit
+from shared.db import Upsert, after_commit, among
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events import Envelope, emit_many
 
@@ -121,7 +121,7 @@ def _known_person(session: Session, user_id: uuid.UUID, name: str | None = None)
 
 def _known_people(session: Session, user_ids: set[uuid.UUID]) -> None:
     """``_known_person`` for many at once: one look-up, one insert of the placeholders."""
-    known = set(session.scalars(sa.select(Person.id).where(Person.id.in_(list(user_ids)))))
+    known = set(session.scalars(sa.select(Person.id).where(among(session, Person.id, user_ids))))
     missing = sorted(user_ids - known)
     if missing:
         session.add_all(Person(id=i, name="", roles=[], on_board=False) for i in missing)
@@ -151,7 +151,10 @@ def _issues(session: Session, issue_ids: list[uuid.UUID]) -> dict[uuid.UUID, Iss
     issues = {
         issue.id: issue
         for issue in session.scalars(
-            sa.select(Issue).where(Issue.id.in_(wanted)).order_by(Issue.id).with_for_update()
+            sa.select(Issue)
+            .where(among(session, Issue.id, wanted))
+            .order_by(Issue.id)
+            .with_for_update()
         )
     }
     missing = [Issue(id=i, version=0, reopen_count=0) for i in wanted if i not in issues]
