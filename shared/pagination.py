@@ -94,7 +94,7 @@ def _fits(column: Any, value: Any) -> bool:
 
 
 def keyset_page(
-    session: Session,
+    session: Session | sa.Connection,
     stmt: sa.Select,
     *,
     order: Sequence[UnaryExpression],

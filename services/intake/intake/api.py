@@ -148,9 +148,9 @@ def report_issue(data):
 @blp.response(200, IssuePageOut)
 def my_issues(query):
     """The caller's own reports, newest first; ``cursor`` from ``next_cursor``."""
-    with _db().transaction() as session:
+    with _db().read() as conn:
         items, next_cursor = services.my_issues(
-            session,
+            conn,
             current_principal(),
             status=query["status"],
             cursor=query["cursor"],

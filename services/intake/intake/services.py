@@ -400,17 +400,34 @@ def _rateable(session: Session, issue: Issue) -> bool:
     )
 
 
+# What the "mine" list shows of each report (``schemas.IssueSummaryOut``): these columns as rows,
+# not whole ORM objects (their JSON columns parsed, their state tracked) that a list only reads.
+SUMMARY_COLUMNS = (
+    Issue.id,
+    Issue.ticket_no,
+    Issue.category,
+    Issue.description,
+    Issue.status,
+    Issue.level,
+    Issue.assignee_name,
+    Issue.due_at,
+    Issue.reported_at,
+    Issue.rating,
+)
+
+
 def my_issues(
-    session: Session,
+    conn: Session | sa.Connection,
     principal: Principal,
     *,
     status: str | None,
     cursor: str | None,
     limit: int,
-) -> tuple[list[Issue], str | None]:
-    """The caller's own reports (and those they submitted for a resident), newest first;
-    ``status`` a state, or ``done`` (resolved and closed: 已办结事项) or ``open``."""
-    stmt = sa.select(Issue).where(
+) -> tuple[list[sa.Row], str | None]:
+    """The caller's own reports (and those they submitted for a resident), newest first, as
+    rows of ``SUMMARY_COLUMNS``; ``status`` a state, or ``done`` (resolved and closed: 已办结事项)
+    or ``open``. One SELECT: ``Database.read`` is enough."""
+    stmt = sa.select(*SUMMARY_COLUMNS).where(
         sa.or_(Issue.reporter_id == principal.id, Issue.submitted_by == principal.id)
     )
     if status in domain.STATUS_GROUPS:
@@ -418,12 +435,13 @@ def my_issues(
     elif status:
         stmt = stmt.where(Issue.status == status)
     return keyset_page(
-        session,
+        conn,
         stmt,
         order=[Issue.reported_at.desc(), Issue.id.desc()],
-        key=lambda i: [i.reported_at, i.id],
+        key=lambda row: [row.reported_at, row.id],
         cursor=cursor,
         limit=limit,
+        scalars=False,
     )
 
 
