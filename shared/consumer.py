@@ -38,6 +38,10 @@ one event at a time, so only the event at fault is retried. Each outcome is coun
 
 Why batches: one commit (one WAL flush) and one ack per event cap a consumer at a few hundred
 events a second; a hundred events per commit amortise both (``python -m shared.bench_consumer``).
+A handler made with ``batched`` goes further: it gets each run of the batch's new events of its
+type in one call and writes them with one statement per table (a failed run is applied again
+one event per call). Each batch's statements are planned for their actual parameters
+(``_plan_each_statement``).
 
 Example::
 
