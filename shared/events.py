@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -169,10 +169,11 @@ def emit_many(
                     "id": uuid.UUID(envelope["id"]),
                     "event_type": event_type,
                     "envelope": envelope,
-                    "created_at": now,
+                    # a microsecond apart: the relay publishes in created_at order, as emitted
+                    "created_at": now + timedelta(microseconds=k),
                     "attempts": 0,
                 }
-                for envelope in envelopes
+                for k, envelope in enumerate(envelopes)
             ],
         )
     return envelopes

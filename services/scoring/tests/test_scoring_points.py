@@ -310,3 +310,34 @@ def test_a_run_of_resolutions_applied_together_scores_as_one_at_a_time(db, feed,
         (False, 0),
         *sorted((True, k % 5 + 1) for k in range(7)),
     ]
+
+
+def test_the_awards_of_a_run_are_published_in_the_order_they_were_made(db, feed, person) -> None:
+    """``emit_many`` stamps each outbox row a microsecond after the one before: the relay
+    publishes by ``created_at``, so a worker's awards reach notify in the order they were made."""
+    from scoring.handlers import handle_issue_resolved
+    from shared.testing import envelope
+
+    worker = person("grid_worker", name="网格员序").id
+    resolved = "2026-11-10T02:00:00Z"
+    due = at(resolved) + timedelta(hours=2)
+    issues = [Dispatch() for _ in range(5)]
+    run = [
+        envelope(
+            "issue.resolved",
+            issue.resolved(worker, resolved_at=at(resolved), due_at=due, difficulty=k + 1),
+        )
+        for k, issue in enumerate(issues)
+    ]
+    with db.transaction() as session:
+        handle_issue_resolved.apply_many(session, run)
+
+    table = db.metadata.tables["outbox"]
+    with db.engine.connect() as conn:  # the relay's order (shared.relay.OutboxRelay.run_once)
+        awarded = conn.execute(
+            sa.select(table.c.envelope)
+            .where(table.c.event_type == "points.awarded")
+            .order_by(table.c.created_at, table.c.id)
+        ).scalars()
+        published = [event["data"]["issue_id"] for event in awarded]
+    assert published == [str(issue.issue_id) for issue in issues]
