@@ -235,10 +235,19 @@ def world(township: Township) -> World:
     world.ids["ledger_entry"] = next(
         e["id"] for e in ledger if e["issue_id"] == world.ids["issue_ledger"]
     )
-    # The assignment has reached intake: its worker now reads the report there.
+    # The assignment has reached intake: its worker now reads the report there, and the
+    # report's timeline shows it (the tests compare that timeline before and after).
     worker_a = world.people["worker_a"]
     wait_for(
         lambda: worker_a.get(f"/api/v1/issues/{world.ids['issue_a']}", expect=(200, 404)).get("id"),
+        timeout=TIMEOUT,
+    )
+    wait_for(
+        lambda: "issue.assigned"
+        in {
+            step["kind"]
+            for step in resident_a.get(f"/api/v1/issues/{world.ids['issue_a']}")["timeline"]
+        },
         timeout=TIMEOUT,
     )
     return world
