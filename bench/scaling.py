@@ -12,14 +12,15 @@ Each size gets one throwaway PostgreSQL database per service at its Alembic head
 the services' own code only (no SQL by hand), 1,000 per transaction:
 
 - dispatch: every report through ``handlers.handle_issue_reported`` (generated
-  ``issue.reported`` envelopes), then assign / start / resolve through ``services`` and ratings
-  through ``handlers.handle_issue_rated`` (so history, outbox rows and the statistics' running
-  aggregates are written as in production).
+  ``issue.reported`` envelopes, 1,000 a run, as its consumer applies a batch), then assign /
+  start / resolve through ``services`` and ratings through ``handlers.handle_issue_rated`` (so
+  history, outbox rows and the statistics' running aggregates are written as in production).
 - scoring (``bench/scaling_fill.py``): villages and workers' accounts through its
   ``village.upserted`` / ``account.upserted`` handlers, then every event of dispatch's outbox that
   scoring subscribes to (``issue.assigned``, ``issue.started``, ``issue.resolved``,
   ``issue.closed``...), oldest first, and the same ``issue.rated`` envelopes dispatch got, each
-  through ``scoring.handlers.SUBSCRIPTIONS`` (handlers called directly: no broker, no inbox
+  through ``scoring.handlers.SUBSCRIPTIONS`` (handlers called directly, each run of one type
+  together where the handler is batched, as the consumer does; no broker, no inbox
   de-duplication rows). The envelopes' ``occurred_at`` is when the fill ran (dispatch stamps its
   events with the wall clock), so assignments count in the current month; resolutions carry
   their back-dated ``resolved_at``.
@@ -138,21 +139,24 @@ def fill(url: str, issues: int, seed: int = 365) -> dict:
         reported_at = now - span + span * (n / max(1, issues))
         plan.append((uuid.uuid4(), rng.choice(villages), reported_at, issues - n))
     for start in range(0, issues, 1000):
+        reports = []
+        for issue_id, village, reported_at, _ in plan[start : start + 1000]:
+            data = {
+                "issue_id": str(issue_id),
+                "reporter_id": str(uuid.uuid4()),
+                "category": rng.choice(list(CATEGORIES)),
+                "description": "基准测试诉求",
+                "village_id": str(village),
+                "address": "村东街",
+                "lat": 36.2,
+                "lon": 115.1,
+                "photo_ids": [],
+                "reported_at": reported_at.isoformat(),
+            }
+            reports.append(_envelope("issue.reported", data, reported_at))
         with db.transaction() as session:
-            for issue_id, village, reported_at, _ in plan[start : start + 1000]:
-                data = {
-                    "issue_id": str(issue_id),
-                    "reporter_id": str(uuid.uuid4()),
-                    "category": rng.choice(list(CATEGORIES)),
-                    "description": "基准测试诉求",
-                    "village_id": str(village),
-                    "address": "村东街",
-                    "lat": 36.2,
-                    "lon": 115.1,
-                    "photo_ids": [],
-                    "reported_at": reported_at.isoformat(),
-                }
-                handle_issue_reported(session, _envelope("issue.reported", data, reported_at))
+            # A run of reports together, as dispatch's consumer applies a batch.
+            handle_issue_reported.apply_many(session, reports)
     report_seconds = time.perf_counter() - started
     started = time.perf_counter()
     rated: list[Envelope] = []

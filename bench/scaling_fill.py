@@ -5,7 +5,7 @@
   ``account.upserted``, then every event dispatch wrote to its outbox during its fill that
   scoring subscribes to (``issue.assigned``, ``issue.started``, ``issue.resolved``,
   ``issue.closed``...), oldest first, then the ``issue.rated`` envelopes the fill gave dispatch:
-  each through ``scoring.handlers.SUBSCRIPTIONS``, 1,000 per transaction.
+  each through ``scoring.handlers.SUBSCRIPTIONS``, 1,000 per transaction (``apply_in_runs``).
 - feed: one published news article per 50 issues (``write_article`` → ``submit_article`` →
   ``publish_article``) and one party post per 10 issues (``publish_post``), dated over the same
   two years, 1,000 per transaction.
@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -73,6 +74,19 @@ def _account(person: Any, roles: list[str], village: uuid.UUID | None) -> Envelo
     )
 
 
+def apply_in_runs(session: Any, subscriptions: dict, events: list[Envelope]) -> None:
+    """Each run of consecutive events of one type to its handler, in order, the way the
+    consumer does: together where the handler is ``batched``, else one at a time."""
+    for _, run in itertools.groupby(events, key=lambda event: event.type):
+        run = list(run)
+        handler = subscriptions[run[0].type]
+        if getattr(handler, "apply_many", None) is not None:
+            handler.apply_many(session, run)
+        else:
+            for event in run:
+                handler(session, event)
+
+
 # --- scoring -------------------------------------------------------------------------------------
 
 
@@ -108,17 +122,14 @@ def fill_scoring(url: str, dispatch_url: str, world: dict) -> dict:
             )
             for part in rows.partitions(BATCH):
                 with db.transaction() as session:
-                    for (body,) in part:
-                        event = parse_envelope(body)
-                        subscriptions[event.type](session, event)
+                    apply_in_runs(session, subscriptions, [parse_envelope(b) for (b,) in part])
                 applied += len(part)
     finally:
         source.dispose()
     rated = world["rated"]
     for start in range(0, len(rated), BATCH):
         with db.transaction() as session:
-            for event in rated[start : start + BATCH]:
-                subscriptions["issue.rated"](session, event)
+            apply_in_runs(session, subscriptions, rated[start : start + BATCH])
     applied += len(rated)
     seconds = time.perf_counter() - started
     with db.engine.connect() as conn:
