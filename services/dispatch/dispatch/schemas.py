@@ -258,9 +258,14 @@ class DuplicateOut(Schema):
     level = fields.String()
 
 
+# One instance for every item: building a schema deep-copies its fields (about 0.3 ms, a
+# third of a 20-item queue page when it was built per item); dumping keeps no state.
+_DUPLICATES = DuplicateOut(many=True)
+
+
 class QueueItemOut(IssueOut):
     possible_duplicates = Derived(
-        lambda i: DuplicateOut(many=True).dump(getattr(i, "possible_duplicates", [])),
+        lambda i: _DUPLICATES.dump(getattr(i, "possible_duplicates", [])),
         metadata={"description": "疑似重复：同村同类、时间和地点相近的未办结事项"},
     )
 

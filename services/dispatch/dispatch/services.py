@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -1309,17 +1310,32 @@ def likely_duplicates(
     pairs = {(i.village_id, i.category) for i in issues}
     earliest = min(i.reported_at for i in issues) - rule.window
     latest = max(i.reported_at for i in issues) + rule.window
-    candidates = session.scalars(
-        sa.select(Issue).where(
+    # Rows of the columns the rule and the answer read, not whole items: a page's candidates
+    # are a few hundred, and loading each as an ``Issue`` cost more than the rest of the page.
+    candidates = session.execute(
+        sa.select(
+            Issue.id,
+            Issue.ticket_no,
+            Issue.reported_at,
+            Issue.state,
+            Issue.level,
+            Issue.village_id,
+            Issue.category,
+            Issue.lat,
+            Issue.lon,
+        ).where(
             Issue.state.in_(domain.OPEN_STATES),
             sa.tuple_(Issue.village_id, Issue.category).in_(sorted(pairs, key=str)),
             Issue.reported_at.between(earliest, latest),
             scopes.visible_issues(session, actor),
         )
     ).all()
+    alike: dict[tuple[uuid.UUID, str], list[Any]] = defaultdict(list)
+    for other in candidates:
+        alike[(other.village_id, other.category)].append(other)
     for issue in issues:
         matches = []
-        for other in candidates:
+        for other in alike[(issue.village_id, issue.category)]:
             if rule.matches(issue, other):
                 distance = rule.distance(issue, other)
                 matches.append(

@@ -53,6 +53,9 @@ PUBLIC_OR_BEARER = [{}, {"bearerAuth": []}]
 
 WRITERS = tuple(sorted(domain.WRITERS))
 POSTERS = tuple(sorted(domain.POSTERS))
+# Built once: a schema deep-copies its fields when built; dumping keeps no state.
+NEWS_PAGE = NewsPageOut()
+ARTICLE = ArticleOut()
 
 
 def _settings() -> FeedSettings:
@@ -96,7 +99,7 @@ def list_news(args: dict[str, Any]):
             cursor=args["cursor"],
             limit=args["limit"] or _settings().news_page_size,
         )
-        body = NewsPageOut().dump(
+        body = NEWS_PAGE.dump(
             {"items": services.article_views(session, items), "next_cursor": cursor}
         )
     return _public(body)
@@ -110,7 +113,7 @@ def read_news(article_id: uuid.UUID):
     """一篇已发布的新闻（无需登录）；阅读数分批累计。"""
     with _transaction() as session:
         article = services.public_article(session, article_id)
-        body = ArticleOut().dump(services.article_views(session, [article])[0])
+        body = ARTICLE.dump(services.article_views(session, [article])[0])
     current_app.extensions["view_counter"].add(article_id)
     # The tag leaves out the view count: a 304 for the same text is right even as views grow.
     return _public(body, {k: v for k, v in body.items() if k != "views"})
