@@ -11,7 +11,7 @@ from dispatch.models import DEPARTMENT_KINDS
 from dispatch.services import LEDGER_STATUSES
 from shared.auth import STAFF_ROLES
 from shared.clock import SHANGHAI, LocalDateTime, utcnow
-from shared.fields import Derived, Text
+from shared.fields import Derived, OutSchema, Text
 
 UUIDS = fields.List(fields.UUID(), load_default=list, validate=validate.Length(max=9))
 
@@ -193,7 +193,7 @@ class GridQuery(_Query):
 # --- life cycle out ------------------------------------------------------------------------------
 
 
-class IssueOut(Schema):
+class IssueOut(OutSchema):
     id = fields.UUID()
     ticket_no = fields.String(allow_none=True)
     state = fields.String()
@@ -240,12 +240,12 @@ class IssueOut(Schema):
     version = fields.Integer()
 
 
-class IssuePageOut(Schema):
+class IssuePageOut(OutSchema):
     items = fields.List(fields.Nested(IssueOut))
     next_cursor = fields.String(allow_none=True)
 
 
-class DuplicateOut(Schema):
+class DuplicateOut(OutSchema):
     """A likely duplicate: an open report of the same village and category, close in time and
     place (``distance_m`` null when either report has no coordinates)."""
 
@@ -270,12 +270,12 @@ class QueueItemOut(IssueOut):
     )
 
 
-class QueuePageOut(Schema):
+class QueuePageOut(OutSchema):
     items = fields.List(fields.Nested(QueueItemOut))
     next_cursor = fields.String(allow_none=True)
 
 
-class HistoryOut(Schema):
+class HistoryOut(OutSchema):
     seq = fields.Integer()
     action = fields.String()
     from_state = fields.String(allow_none=True)
@@ -297,12 +297,12 @@ class PendingCallbackOut(IssueOut):
     contact_phone = Derived(lambda i: getattr(i, "shown_contact_phone", None))
 
 
-class PendingCallbackPageOut(Schema):
+class PendingCallbackPageOut(OutSchema):
     items = fields.List(fields.Nested(PendingCallbackOut))
     next_cursor = fields.String(allow_none=True)
 
 
-class CallbackOut(Schema):
+class CallbackOut(OutSchema):
     id = fields.UUID()
     issue_id = fields.UUID()
     supervisor_id = fields.UUID()
@@ -330,7 +330,7 @@ class CallbackResultOut(CallbackOut):
     village_name = Derived(lambda c: getattr(c, "village_name", None))
 
 
-class CallbackResultPageOut(Schema):
+class CallbackResultPageOut(OutSchema):
     items = fields.List(fields.Nested(CallbackResultOut))
     next_cursor = fields.String(allow_none=True)
 
@@ -343,7 +343,7 @@ class LedgerProgressIn(_In):
     status = fields.String(load_default=None, validate=validate.OneOf(list(LEDGER_STATUSES)))
 
 
-class LedgerProgressOut(Schema):
+class LedgerProgressOut(OutSchema):
     id = fields.UUID()
     text = Text()
     status = fields.String(allow_none=True)
@@ -352,7 +352,7 @@ class LedgerProgressOut(Schema):
     created_at = LocalDateTime()
 
 
-class LedgerEntryOut(Schema):
+class LedgerEntryOut(OutSchema):
     id = fields.UUID()
     ledger_no = fields.String()
     issue_id = fields.UUID()
@@ -366,7 +366,7 @@ class LedgerEntryOut(Schema):
     progress = fields.List(fields.Nested(LedgerProgressOut))
 
 
-class LedgerPageOut(Schema):
+class LedgerPageOut(OutSchema):
     items = fields.List(fields.Nested(LedgerEntryOut))
     next_cursor = fields.String(allow_none=True)
 
@@ -387,7 +387,7 @@ class VillageChangeIn(_In):
     area_leader_id = fields.UUID(allow_none=True)
 
 
-class VillageOut(Schema):
+class VillageOut(OutSchema):
     id = fields.UUID()
     code = fields.String(allow_none=True)
     name = Text()
@@ -420,7 +420,7 @@ class MemberIn(_In):
     user_id = fields.UUID(required=True)
 
 
-class GridOut(Schema):
+class GridOut(OutSchema):
     id = fields.UUID()
     code = fields.String(allow_none=True)
     village_id = fields.UUID()
@@ -433,13 +433,13 @@ class AreaLeaderIn(_In):
     village_ids = fields.List(fields.UUID(), required=True)
 
 
-class VillageRefOut(Schema):
+class VillageRefOut(OutSchema):
     id = fields.UUID()
     code = fields.String(allow_none=True)
     name = Text()
 
 
-class AreaLeaderOut(Schema):
+class AreaLeaderOut(OutSchema):
     user_id = fields.UUID()
     name = Text(allow_none=True)
     villages = fields.List(fields.Nested(VillageRefOut))
@@ -470,7 +470,7 @@ class DepartmentQuery(_Query):
     kind = fields.String(load_default=None, validate=DEPARTMENT_KIND)
 
 
-class DepartmentOut(Schema):
+class DepartmentOut(OutSchema):
     id = fields.UUID()
     code = fields.String()
     name = Text()
@@ -480,7 +480,7 @@ class DepartmentOut(Schema):
     member_ids = Derived(lambda d: [str(m.user_id) for m in d.members])
 
 
-class StaffOut(Schema):
+class StaffOut(OutSchema):
     id = fields.UUID()
     name = Text()
     # Admins only (``organisation.list_staff`` sets ``shown_phone``); null for anyone else.
@@ -490,7 +490,7 @@ class StaffOut(Schema):
     active = fields.Boolean()
 
 
-class StaffPageOut(Schema):
+class StaffPageOut(OutSchema):
     items = fields.List(fields.Nested(StaffOut))
     next_cursor = fields.String(allow_none=True)
 
@@ -498,7 +498,7 @@ class StaffPageOut(Schema):
 # --- public figures (no login) -------------------------------------------------------------------
 
 
-class PublicCategoryOut(Schema):
+class PublicCategoryOut(OutSchema):
     category = fields.String()
     label = fields.String()
     reports = fields.Integer()
@@ -506,7 +506,7 @@ class PublicCategoryOut(Schema):
     completion_rate = fields.Float()
 
 
-class PublicFiguresOut(Schema):
+class PublicFiguresOut(OutSchema):
     """Aggregates only: nobody's name, phone, report text or id."""
 
     reports = fields.Integer()

@@ -12,7 +12,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_dump, validate
 
 from feed import domain
 from shared.clock import LocalDateTime
-from shared.fields import Text
+from shared.fields import OutSchema, Text
 
 CATEGORY_ERROR = "栏目应为 key_work（重点工作）、progress（工作动态）或 notice（通知公告）。"
 TAG_ERROR = "标签应为 activity（组织活动）、good_deed（党员好事）或 study（学习）。"
@@ -37,7 +37,7 @@ class PageQuery(_Query):
     )
 
 
-class _View(Schema):
+class _View(OutSchema):
     """Dumps a view ``{"<root>": model, "extra": ...}`` as one flat object."""
 
     ROOT = ""
@@ -83,7 +83,7 @@ class ArticleOut(ArticleSummaryOut):
     )
 
 
-class NewsPageOut(Schema):
+class NewsPageOut(OutSchema):
     items = fields.List(fields.Nested(ArticleSummaryOut))
     next_cursor = fields.String(allow_none=True)
 
@@ -148,7 +148,7 @@ class DeskQuery(NewsQuery):
     )
 
 
-class HistoryOut(Schema):
+class HistoryOut(OutSchema):
     version = fields.Integer()
     action = fields.String(
         metadata={
@@ -187,7 +187,7 @@ class EditorDetailOut(EditorArticleOut):
     history = fields.List(fields.Nested(HistoryOut), metadata={"description": "修改记录"})
 
 
-class DeskPageOut(Schema):
+class DeskPageOut(OutSchema):
     items = fields.List(fields.Nested(EditorArticleOut))
     next_cursor = fields.String(allow_none=True)
 
@@ -211,7 +211,7 @@ class CommentOut(_View):
     created_at = LocalDateTime()
 
 
-class CommentPageOut(Schema):
+class CommentPageOut(OutSchema):
     items = fields.List(fields.Nested(CommentOut))
     next_cursor = fields.String(allow_none=True)
 
@@ -234,7 +234,7 @@ class ModerationCommentOut(CommentOut):
     moderated_at = LocalDateTime(allow_none=True)
 
 
-class ModerationPageOut(Schema):
+class ModerationPageOut(OutSchema):
     items = fields.List(fields.Nested(ModerationCommentOut))
     next_cursor = fields.String(allow_none=True)
 
@@ -264,14 +264,14 @@ class FeedQuery(PageQuery):
     )
 
 
-class BoardRowOut(Schema):
+class BoardRowOut(OutSchema):
     user_id = fields.UUID()
     name = Text()
     points = fields.Integer()
     rank = fields.Integer()
 
 
-class BoardOut(Schema):
+class BoardOut(OutSchema):
     period = fields.String()
     top = fields.List(fields.Nested(BoardRowOut))
     bottom = fields.List(fields.Nested(BoardRowOut))
@@ -298,12 +298,12 @@ class PostOut(_View):
     published_at = LocalDateTime()
 
 
-class PostPageOut(Schema):
+class PostPageOut(OutSchema):
     items = fields.List(fields.Nested(PostOut))
     next_cursor = fields.String(allow_none=True)
 
 
-class LikeOut(Schema):
+class LikeOut(OutSchema):
     post_id = fields.UUID()
     liked = fields.Boolean()
     like_count = fields.Integer()

@@ -15,7 +15,7 @@ from intake.domain import (
     mobile_number,
 )
 from shared.clock import LocalDateTime
-from shared.fields import Derived, Text
+from shared.fields import Derived, OutSchema, Text
 
 MAX_PHOTOS = 9
 
@@ -133,13 +133,13 @@ class PhoneIn(Schema):
             raise ValidationError("请确认手机号无误后再提交。", field_name="confirm")
 
 
-class PhoneOut(Schema):
+class PhoneOut(OutSchema):
     phone = Derived(lambda u: masked_phone(u.contact_phone))
     source = fields.String(attribute="contact_phone_source", allow_none=True)
     confirmed_at = LocalDateTime(attribute="contact_phone_confirmed_at", allow_none=True)
 
 
-class UrgedOut(Schema):
+class UrgedOut(OutSchema):
     issue_id = fields.UUID(attribute="id")
     urge_count = fields.Integer()
     last_urged_at = LocalDateTime(allow_none=True)
@@ -160,7 +160,7 @@ class MediaQuery(Schema):
     size = fields.String(load_default="full", validate=validate.OneOf(["full", "thumb"]))
 
 
-class MediaOut(Schema):
+class MediaOut(OutSchema):
     id = fields.UUID()
     content_type = fields.String()
     width = fields.Integer()
@@ -184,7 +184,7 @@ def photo_links(ids: list | None) -> list[dict]:
     ]
 
 
-class StepOut(Schema):
+class StepOut(OutSchema):
     kind = fields.String()
     title = fields.String()
     note = Text(allow_none=True)
@@ -192,7 +192,7 @@ class StepOut(Schema):
     occurred_at = LocalDateTime()
 
 
-class IssueSummaryOut(Schema):
+class IssueSummaryOut(OutSchema):
     id = fields.UUID()
     ticket_no = fields.String()
     category = fields.String()
@@ -208,12 +208,12 @@ class IssueSummaryOut(Schema):
     rating = fields.String(allow_none=True)
 
 
-class ProgressStepOut(Schema):
+class ProgressStepOut(OutSchema):
     title = fields.String()
     occurred_at = LocalDateTime()
 
 
-class OriginalProgressOut(Schema):
+class OriginalProgressOut(OutSchema):
     """The original of a duplicate report, as its reporter may follow it: progress only."""
 
     ticket_no = fields.String(allow_none=True)
@@ -257,19 +257,19 @@ class IssueOut(IssueSummaryOut):
     duplicate_of = fields.Nested(OriginalProgressOut, allow_none=True)
 
 
-class IssuePageOut(Schema):
+class IssuePageOut(OutSchema):
     items = fields.List(fields.Nested(IssueSummaryOut))
     next_cursor = fields.String(allow_none=True)
 
 
-class ReportCreatedOut(Schema):
+class ReportCreatedOut(OutSchema):
     id = fields.UUID()
     ticket_no = fields.String()
     status = fields.String()
     reported_at = LocalDateTime()
 
 
-class RatingOut(Schema):
+class RatingOut(OutSchema):
     issue_id = fields.UUID()
     rating = fields.String()
     rating_label = Derived(lambda r: RATINGS.get(r.rating, r.rating))
@@ -277,11 +277,11 @@ class RatingOut(Schema):
     rated_at = LocalDateTime()
 
 
-class CategoryOut(Schema):
+class CategoryOut(OutSchema):
     code = fields.String()
     label = fields.String()
 
 
-class VillageOut(Schema):
+class VillageOut(OutSchema):
     id = fields.UUID()
     name = Text()

@@ -6,6 +6,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from notify.templates import KINDS
 from shared.clock import LocalDateTime
+from shared.fields import OutSchema
 
 HHMM = validate.Regexp(
     r"^([01]\d|2[0-3]):[0-5]\d$", error="时间格式应为 HH:MM（北京时间），如 22:00。"
@@ -34,7 +35,7 @@ class InboxQuery(PageQuery):
     )
 
 
-class LinkOut(Schema):
+class LinkOut(OutSchema):
     type = fields.String(
         allow_none=True,
         metadata={
@@ -44,7 +45,7 @@ class LinkOut(Schema):
     id = fields.String(allow_none=True)
 
 
-class NotificationOut(Schema):
+class NotificationOut(OutSchema):
     id = fields.UUID()
     kind = fields.String(metadata={"enum": list(KINDS)})
     title = fields.String()
@@ -61,16 +62,16 @@ class NotificationOut(Schema):
         return n.read_at is not None
 
 
-class InboxPage(Schema):
+class InboxPage(OutSchema):
     items = fields.List(fields.Nested(NotificationOut))
     next_cursor = fields.String(allow_none=True)
 
 
-class UnreadOut(Schema):
+class UnreadOut(OutSchema):
     unread = fields.Integer()
 
 
-class ReadAllOut(Schema):
+class ReadAllOut(OutSchema):
     updated = fields.Integer(metadata={"description": "本次标为已读的条数"})
 
 
@@ -109,7 +110,7 @@ class PreferencesIn(_In):
             raise ValidationError("请至少提交一项设置。", field_name="_schema")
 
 
-class KindOut(Schema):
+class KindOut(OutSchema):
     kind = fields.String()
     label = fields.String()
     inbox = fields.Boolean()
@@ -117,7 +118,7 @@ class KindOut(Schema):
     sms = fields.Boolean()
 
 
-class PreferencesOut(Schema):
+class PreferencesOut(OutSchema):
     kinds = fields.List(fields.Nested(KindOut))
     quiet_hours = fields.Nested(QuietHours, allow_none=True)
     follow_news = fields.Boolean()
@@ -137,7 +138,7 @@ class DeliveryQuery(PageQuery):
     user_id = fields.UUID(load_default=None)
 
 
-class DeliveryOut(Schema):
+class DeliveryOut(OutSchema):
     id = fields.UUID()
     notification_id = fields.UUID()
     event_id = fields.UUID()
@@ -153,6 +154,6 @@ class DeliveryOut(Schema):
     sent_at = LocalDateTime(allow_none=True)
 
 
-class DeliveryPage(Schema):
+class DeliveryPage(OutSchema):
     items = fields.List(fields.Nested(DeliveryOut))
     next_cursor = fields.String(allow_none=True)

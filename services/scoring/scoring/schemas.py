@@ -7,7 +7,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 from scoring.boards import KPI_SCOPES, SCOPES
 from scoring.domain import RULE_CODES
 from shared.clock import LocalDateTime
-from shared.fields import Text
+from shared.fields import OutSchema, Text
 
 PERIOD_HELP = "统计周期（北京时间）：month:2026-11、quarter:2026-Q4、year:2026 或 all；不填为本月。"
 RATE_HELP = "比率 0-1，保留四位小数；分母为 0 时为 null。"
@@ -45,7 +45,7 @@ class RuleIn(_In):
     note = Text(load_default=None, allow_none=True, validate=validate.Length(max=200))
 
 
-class RuleVersionOut(Schema):
+class RuleVersionOut(OutSchema):
     version = fields.Integer()
     points = fields.Integer()
     effective_from = fields.Date()
@@ -54,7 +54,7 @@ class RuleVersionOut(Schema):
     changed_at = LocalDateTime()
 
 
-class RuleOut(Schema):
+class RuleOut(OutSchema):
     code = fields.String(metadata={"enum": list(RULE_CODES)})
     label = fields.String(metadata={"description": "规则名称"})
     meaning = fields.String(metadata={"description": "分值的含义"})
@@ -82,7 +82,7 @@ class LeaderboardQuery(PageQuery):
     village_id = fields.UUID(load_default=None, metadata={"description": "只看该村（村内排名）"})
 
 
-class BoardRowOut(Schema):
+class BoardRowOut(OutSchema):
     rank = fields.Integer(
         metadata={"description": "名次：按积分、再按按时办结数排序，两者都相同者并列（1,1,3）"}
     )
@@ -102,7 +102,7 @@ class BoardRowOut(Schema):
     )
 
 
-class LeaderboardOut(Schema):
+class LeaderboardOut(OutSchema):
     period = fields.String()
     scope = fields.String()
     items = fields.List(fields.Nested(BoardRowOut))
@@ -115,7 +115,7 @@ class KpiQuery(_Query):
     village_id = fields.UUID(load_default=None)
 
 
-class KpiRowOut(Schema):
+class KpiRowOut(OutSchema):
     scope = fields.String()
     id = fields.UUID(allow_none=True)
     name = Text()
@@ -163,7 +163,7 @@ class KpiRowOut(Schema):
     )
 
 
-class KpiOut(Schema):
+class KpiOut(OutSchema):
     period = fields.String()
     scope = fields.String()
     weights = fields.Dict(keys=fields.String(), values=fields.Integer())
@@ -185,7 +185,7 @@ class PointsQuery(PageQuery):
     )
 
 
-class EntryOut(Schema):
+class EntryOut(OutSchema):
     id = fields.UUID()
     points = fields.Integer()
     rule = fields.String()
@@ -197,7 +197,7 @@ class EntryOut(Schema):
     period = fields.String()
 
 
-class TotalOut(Schema):
+class TotalOut(OutSchema):
     period = fields.String()
     points = fields.Integer()
     resolved = fields.Integer()
@@ -206,7 +206,7 @@ class TotalOut(Schema):
     satisfied = fields.Integer()
 
 
-class PointsOut(Schema):
+class PointsOut(OutSchema):
     user_id = fields.UUID()
     name = Text()
     totals = fields.List(fields.Nested(TotalOut))
