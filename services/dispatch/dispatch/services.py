@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session, lazyload, object_session
 from sqlalchemy.orm.attributes import flag_modified
 
 from dispatch import domain, scopes
@@ -435,12 +435,22 @@ def _rating_not_applied(
 
 
 def _grid_of(session: Session, assignee_id: uuid.UUID, village_id: uuid.UUID) -> Grid | None:
-    """The assignee's grid (led or joined), preferring one in the item's village."""
-    led = sa.select(Grid).where(Grid.leader_id == assignee_id)
-    member = sa.select(Grid).join(GridMember).where(GridMember.user_id == assignee_id)
-    grids = list(session.scalars(led)) + list(session.scalars(member))
-    grids.sort(key=lambda g: (g.village_id != village_id, g.leader_id != assignee_id))
-    return grids[0] if grids else None
+    """The assignee's grid (led or joined), preferring one in the item's village (then one
+    they lead, then the oldest). One SELECT; the grid's member list is left to load if asked
+    for (an assignment reads only the grid's id and leader)."""
+    joined = sa.select(GridMember.grid_id).where(GridMember.user_id == assignee_id)
+    return session.scalars(
+        sa.select(Grid)
+        .options(lazyload(Grid.members))
+        .where(sa.or_(Grid.leader_id == assignee_id, Grid.id.in_(joined)))
+        .order_by(
+            (Grid.village_id != village_id).asc(),
+            (Grid.leader_id.is_distinct_from(assignee_id)).asc(),
+            Grid.created_at,
+            Grid.id,
+        )
+        .limit(1)
+    ).first()
 
 
 def _in_grid(grid: Grid | None, user_id: uuid.UUID) -> bool:
