@@ -267,3 +267,32 @@ def test_a_supervisor_filters_callbacks_by_area_and_village_and_reads_the_result
     assert [r["issue_id"] for r in failed_only.json["items"]] == [str(theirs)]
     for who in (town.area_leader, town.worker1):
         assert client.get("/api/v1/callbacks", headers=who.headers).status_code == 403
+
+
+def test_an_assignment_takes_the_assignees_grid_in_the_items_village_then_one_they_lead(
+    client, db, town, report, grid_b
+):
+    """A worker in two villages' grids works each village's items in that village's grid; a
+    leader who also sits in another grid of the same village works there as its leader."""
+    grid_b_id, leader_b, _ = grid_b
+    with db.transaction() as session:
+        # worker3 (village 2's grid) also joins village 1's first grid; leader_b (who leads
+        # grid B in village 1) also joins village 1's first grid and village 2's grid.
+        session.add_all(
+            [
+                GridMember(grid_id=town.grid1, user_id=town.worker3.id),
+                GridMember(grid_id=town.grid1, user_id=leader_b.id),
+                GridMember(grid_id=town.grid2, user_id=leader_b.id),
+            ]
+        )
+    cases = [
+        (town.village1, town.worker3, town.grid1),
+        (town.village2, town.worker3, town.grid2),
+        (town.village1, leader_b, grid_b_id),  # leads B, only a member of the first grid
+        (town.village2, leader_b, town.grid2),  # the item's village wins over leading
+    ]
+    for village, assignee, grid in cases:
+        issue_id = report(village_id=village)
+        answer = assign(client, issue_id, town.admin, assignee)
+        assert answer.status_code == 200, answer.json
+        assert answer.json["grid_id"] == str(grid), (assignee.name, village)
