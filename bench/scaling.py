@@ -30,22 +30,28 @@ the services' own code only (no SQL by hand), 1,000 per transaction:
   through intake's ``village.upserted`` handler; the resident through intake's own WeChat
   find-or-create).
 
-Each size's databases are dropped afterwards (``SCALING_KEEP_DATABASES=1`` keeps them, for
-``EXPLAIN ANALYZE``). The fill's rate of each service (issues/s) is printed and reported as rows
-``load <service>`` and in each page row's ``extra``.
+Each size's databases are dropped afterwards. ``SCALING_KEEP_DATABASES=1`` keeps them (for
+``EXPLAIN ANALYZE``) and notes them with who the pages are measured as in
+``var/bench/scaling-<size>.json``; a later run with ``SCALING_REUSE=1`` measures the pages on
+them again without filling (a 1 M fill takes hours, the pages a minute). The fill's rate of
+each service (issues/s) is printed and reported as rows ``load <service>`` and in each page
+row's ``extra`` (a reused size reports the rates of its fill).
 
 Sizes: ``ctx.options["scaling_sizes"]`` or ``SCALING_SIZES`` (e.g. ``10000,1000000``); default
 10 k and 100 k (smoke: 1 k and 5 k). The issue asks for 1 M, but the services' own code takes
-the fill in slowly on this 2-core machine. Measured at 10 k (a CI run loading the machine at the
-same time): dispatch 27 issues/s (reports ~220/s, the life-cycle steps ~30/s, falling as N
-grows: ~100/s at 300 issues), scoring ~158 events/s ≈ 41 issues/s (~3.9 events per issue),
-intake 222 issues/s, feed ~2,300 issues/s (280 items/s). One 1 M size would take about 10 h for
-dispatch, 7 h for scoring, 75 min for intake and 7 min for feed, in sequence: ~18 h; 100 k
-about 2 h. Ask for it with ``SCALING_SIZES=10000,1000000`` on a quieter, larger machine.
+the fill in slowly on this 2-core machine. Measured at 10 k on 2026-11-29 (a quiet machine but
+for the measuring session's own editing): dispatch 48 issues/s (reports 3 s in runs of 1,000;
+the life-cycle steps, about 2.8 per issue through ``services`` one at a time, 205 s), scoring
+196 events/s ≈ 51 issues/s (3.9 events per issue; only ``issue.resolved`` is a batched
+handler), feed 1,924 issues/s, intake 218 issues/s. One 1 M size would take about 5.8 h for
+dispatch, 5.4 h for scoring, 76 min for intake and 9 min for feed, in sequence: ~12.5 h; 100 k
+about 75 min. Ask for it with ``SCALING_SIZES=10000,1000000 SCALING_KEEP_DATABASES=1`` on a
+quieter, larger machine, then measure again with ``SCALING_REUSE=1``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -77,6 +83,8 @@ from shared.migrations import upgrade  # noqa: E402
 from shared.testing import PostgresServer  # noqa: E402
 
 SECTION = "scaling"
+# Where SCALING_KEEP_DATABASES=1 notes each size's databases for SCALING_REUSE=1.
+MANIFESTS = ROOT / "var" / "bench"
 VILLAGES = 26
 WORKERS_PER_VILLAGE = 6
 
@@ -232,10 +240,10 @@ def measure(http: requests.Session, url: str, params: dict, count: int) -> tuple
     return percentile(samples, 50), percentile(samples, 99)
 
 
-def routes(world: dict) -> list[tuple[str, str, str, dict, str | None]]:
-    """(service, name, path, query, who) of each measured page; who None: anonymous."""
+def routes(who: dict) -> list[tuple[str, str, str, dict, str | None]]:
+    """(service, name, path, query, role) of each measured page; role None: anonymous."""
     year = datetime.now(UTC).year
-    village = {"village_id": str(world["village"])}
+    village = {"village_id": who["village"]}
     return [
         ("dispatch", "admin queue", "/api/v1/queue", {"limit": 20}, "admin"),
         ("dispatch", "worker tasks", "/api/v1/tasks/mine", {"limit": 20}, "worker"),
@@ -252,52 +260,22 @@ def routes(world: dict) -> list[tuple[str, str, str, dict, str | None]]:
 
 
 def measure_size(ctx: Context, server: PostgresServer, issues: int, requests_each: int) -> dict:
-    """Fill the four services' throwaway databases with ``issues`` issues, then measure each
+    """Fill the four services' throwaway databases with ``issues`` issues (or, with
+    ``SCALING_REUSE=1``, take the ones an earlier run kept for this size), then measure each
     service's pages through its own gunicorn; {"pages": {name: (p50, p99)}, "rates": {...}}."""
     folder = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     web = None
+    keep = bool(os.environ.get("SCALING_KEEP_DATABASES"))
     try:
-        urls = {}
-        for service in SERVICES:
-            urls[service] = server.create_database(f"bench_scaling_{service}")
-            upgrade(service, urls[service])
-        world = fill(urls["dispatch"], issues)
-        rates = {"dispatch": issues / (world["report_seconds"] + world["step_seconds"])}
-        print(
-            f"   {issues:,} issues: dispatch reports {world['report_seconds']:.0f} s, "
-            f"steps {world['step_seconds']:.0f} s ({rates['dispatch']:,.0f} issues/s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        scoring = fill_scoring(urls["scoring"], urls["dispatch"], world)
-        rates["scoring"] = issues / scoring["seconds"]
-        rates["scoring events/s"] = scoring["events"] / scoring["seconds"]
-        print(
-            f"   {issues:,} issues: scoring {scoring['events']:,} events in "
-            f"{scoring['seconds']:.0f} s ({rates['scoring']:,.0f} issues/s, "
-            f"{rates['scoring events/s']:,.0f} events/s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        feed = fill_feed(urls["feed"], issues, world["villages"])
-        rates["feed"] = issues / feed["seconds"]
-        rates["feed items/s"] = (feed["articles"] + feed["posts"]) / feed["seconds"]
-        print(
-            f"   {issues:,} issues: feed {feed['articles']:,} news + {feed['posts']:,} posts in "
-            f"{feed['seconds']:.0f} s ({rates['feed']:,.0f} issues/s, "
-            f"{rates['feed items/s']:,.0f} items/s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        intake = fill_intake(urls["intake"], issues, world["villages"])
-        rates["intake"] = issues / intake["seconds"]
-        print(
-            f"   {issues:,} issues: intake reports {intake['seconds']:.0f} s "
-            f"({rates['intake']:,.0f} issues/s; the resident has {intake['mine']})",
-            file=sys.stderr,
-            flush=True,
-        )
-        world["rated"] = []  # done with; frees the memory before the webs start
+        filled = reusable(issues) if os.environ.get("SCALING_REUSE") else None
+        if filled is None:
+            filled = fill_all(server, issues)
+            if keep:
+                MANIFESTS.mkdir(parents=True, exist_ok=True)
+                manifest(issues).write_text(json.dumps(filled, indent=1), encoding="utf-8")
+        else:
+            print(f"   {issues:,} issues: reusing {manifest(issues)}", file=sys.stderr, flush=True)
+        urls, who = filled["urls"], filled["who"]
         ensure_keypair(folder / "private.pem", folder / "public.pem")
         issuer = TokenIssuer(
             (folder / "private.pem").read_bytes(),
@@ -306,9 +284,11 @@ def measure_size(ctx: Context, server: PostgresServer, issues: int, requests_eac
             ttl_seconds=3600,
         )
         tokens = {
-            "admin": issuer.issue(world["admin"].id, ["admin"], "管理员")[0],
-            "worker": issuer.issue(world["worker"].id, ["grid_worker"], world["worker"].name)[0],
-            "resident": issuer.issue(intake["resident"], ["resident"], "")[0],
+            "admin": issuer.issue(uuid.UUID(who["admin"]), ["admin"], "管理员")[0],
+            "worker": issuer.issue(uuid.UUID(who["worker"]), ["grid_worker"], who["worker_name"])[
+                0
+            ],
+            "resident": issuer.issue(uuid.UUID(who["resident"]), ["resident"], "")[0],
         }
         pages = {}
         for service in SERVICES:
@@ -316,24 +296,100 @@ def measure_size(ctx: Context, server: PostgresServer, issues: int, requests_eac
                 service, urls[service], folder, folder / service, env=GENEROUS_LIMITS
             )
             try:
-                for svc, name, path, params, who in routes(world):
+                for svc, name, path, params, role in routes(who):
                     if svc != service:
                         continue
                     http = requests.Session()
-                    if who:
-                        http.headers["Authorization"] = f"Bearer {tokens[who]}"
+                    if role:
+                        http.headers["Authorization"] = f"Bearer {tokens[role]}"
                     pages[name] = (service, *measure(http, base + path, params, requests_each))
             finally:
                 os.killpg(web.pid, 15)
                 web.wait(20)
                 web = None
-        return {"pages": pages, "rates": rates}
+        return {"pages": pages, "rates": filled["rates"]}
     finally:
         if web is not None:
             os.killpg(web.pid, 15)
             web.wait(20)
-        if not os.environ.get("SCALING_KEEP_DATABASES"):
+        if not keep:
             server.drop_all()
+
+
+def fill_all(server: PostgresServer, issues: int) -> dict:
+    """The four services' databases filled with ``issues`` issues: their URLs, who the pages are
+    measured as, and each fill's rate."""
+    urls = {}
+    for service in SERVICES:
+        urls[service] = server.create_database(f"bench_scaling_{service}")
+        upgrade(service, urls[service])
+    world = fill(urls["dispatch"], issues)
+    rates = {"dispatch": issues / (world["report_seconds"] + world["step_seconds"])}
+    print(
+        f"   {issues:,} issues: dispatch reports {world['report_seconds']:.0f} s, "
+        f"steps {world['step_seconds']:.0f} s ({rates['dispatch']:,.0f} issues/s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    scoring = fill_scoring(urls["scoring"], urls["dispatch"], world)
+    rates["scoring"] = issues / scoring["seconds"]
+    rates["scoring events/s"] = scoring["events"] / scoring["seconds"]
+    print(
+        f"   {issues:,} issues: scoring {scoring['events']:,} events in "
+        f"{scoring['seconds']:.0f} s ({rates['scoring']:,.0f} issues/s, "
+        f"{rates['scoring events/s']:,.0f} events/s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    feed = fill_feed(urls["feed"], issues, world["villages"])
+    rates["feed"] = issues / feed["seconds"]
+    rates["feed items/s"] = (feed["articles"] + feed["posts"]) / feed["seconds"]
+    print(
+        f"   {issues:,} issues: feed {feed['articles']:,} news + {feed['posts']:,} posts in "
+        f"{feed['seconds']:.0f} s ({rates['feed']:,.0f} issues/s, "
+        f"{rates['feed items/s']:,.0f} items/s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    intake = fill_intake(urls["intake"], issues, world["villages"])
+    rates["intake"] = issues / intake["seconds"]
+    print(
+        f"   {issues:,} issues: intake reports {intake['seconds']:.0f} s "
+        f"({rates['intake']:,.0f} issues/s; the resident has {intake['mine']})",
+        file=sys.stderr,
+        flush=True,
+    )
+    who = {
+        "admin": str(world["admin"].id),
+        "worker": str(world["worker"].id),
+        "worker_name": world["worker"].name,
+        "village": str(world["village"]),
+        "resident": str(intake["resident"]),
+    }
+    return {"issues": issues, "urls": urls, "who": who, "rates": rates}
+
+
+def manifest(issues: int) -> Path:
+    return MANIFESTS / f"scaling-{issues}.json"
+
+
+def reusable(issues: int) -> dict | None:
+    """What a run with ``SCALING_KEEP_DATABASES=1`` kept for this size, if its databases are all
+    still there: a 1 M fill takes hours, the pages a minute."""
+    path = manifest(issues)
+    if not path.exists():
+        return None
+    filled = json.loads(path.read_text(encoding="utf-8"))
+    for url in filled["urls"].values():
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.OperationalError:
+            return None
+        finally:
+            engine.dispose()
+    return filled
 
 
 def sizes(ctx: Context) -> tuple[int, int]:
