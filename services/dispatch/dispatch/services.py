@@ -1322,6 +1322,9 @@ def likely_duplicates(
     latest = max(i.reported_at for i in issues) + rule.window
     # Rows of the columns the rule and the answer read, not whole items: a page's candidates
     # are a few hundred, and loading each as an ``Issue`` cost more than the rest of the page.
+    # The page's villages and categories as two arrays, not its (village, category) pairs:
+    # a list of 20 pairs took PostgreSQL 3 ms to plan (0.2 ms to run) on every page; a pair
+    # outside the page's falls out below.
     candidates = session.execute(
         sa.select(
             Issue.id,
@@ -1335,7 +1338,8 @@ def likely_duplicates(
             Issue.lon,
         ).where(
             Issue.state.in_(domain.OPEN_STATES),
-            sa.tuple_(Issue.village_id, Issue.category).in_(sorted(pairs, key=str)),
+            among(session, Issue.village_id, sorted({village for village, _ in pairs}, key=str)),
+            among(session, Issue.category, sorted({category for _, category in pairs})),
             Issue.reported_at.between(earliest, latest),
             scopes.visible_issues(session, actor),
         )
