@@ -106,12 +106,16 @@ def test_a_sqlalchemy_row_is_read_by_its_column_names() -> None:
     }
     plain, fast = twins(declared)
     row = as_row({"id": "T-1", "count": 3, "assignee_name": "李四"})
-    assert fast().dump(row) == plain().dump(row) == {
-        "id": "T-1",
-        "count": 3,
-        "handler_name": "李四",
-        "label": "#T-1",
-    }
+    assert (
+        fast().dump(row)
+        == plain().dump(row)
+        == {
+            "id": "T-1",
+            "count": 3,
+            "handler_name": "李四",
+            "label": "#T-1",
+        }
+    )
 
 
 def test_missing_values_are_left_out_or_defaulted_the_same_way() -> None:
@@ -189,9 +193,13 @@ def test_a_schema_instance_dumps_many_objects_of_different_kinds() -> None:
     schema = fast()
     values = {"id": "T-2", "assignee_name": "王五"}
     for obj in (values, as_row(values), SimpleNamespace(**values), UserDict(values)):
-        assert schema.dump(obj) == plain().dump(obj) == {
-            "id": "T-2",
-            "handler_name": "王五",
-            "state_label": "T-2号",
-            "urges": 0,
-        }
+        assert (
+            schema.dump(obj)
+            == plain().dump(obj)
+            == {
+                "id": "T-2",
+                "handler_name": "王五",
+                "state_label": "T-2号",
+                "urges": 0,
+            }
+        )
