@@ -243,7 +243,7 @@ def measure(http: requests.Session, url: str, params: dict, count: int) -> tuple
 def routes(who: dict) -> list[tuple[str, str, str, dict, str | None]]:
     """(service, name, path, query, role) of each measured page; role None: anonymous."""
     year = datetime.now(UTC).year
-    village = {"village_id": who["village"]}
+    village = {"village_id": who.get("village")}
     return [
         ("dispatch", "admin queue", "/api/v1/queue", {"limit": 20}, "admin"),
         ("dispatch", "worker tasks", "/api/v1/tasks/mine", {"limit": 20}, "worker"),
@@ -259,17 +259,23 @@ def routes(who: dict) -> list[tuple[str, str, str, dict, str | None]]:
     ]  # fmt: skip
 
 
-def measure_size(ctx: Context, server: PostgresServer, issues: int, requests_each: int) -> dict:
-    """Fill the four services' throwaway databases with ``issues`` issues (or, with
+def measure_size(
+    ctx: Context,
+    server: PostgresServer,
+    issues: int,
+    requests_each: int,
+    services: tuple[str, ...] = SERVICES,
+) -> dict:
+    """Fill ``services``' throwaway databases with ``issues`` issues (or, with
     ``SCALING_REUSE=1``, take the ones an earlier run kept for this size), then measure each
     service's pages through its own gunicorn; {"pages": {name: (p50, p99)}, "rates": {...}}."""
     folder = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     web = None
     keep = bool(os.environ.get("SCALING_KEEP_DATABASES"))
     try:
-        filled = reusable(issues) if os.environ.get("SCALING_REUSE") else None
+        filled = reusable(issues, services) if os.environ.get("SCALING_REUSE") else None
         if filled is None:
-            filled = fill_all(server, issues)
+            filled = fill_all(server, issues, services)
             if keep:
                 MANIFESTS.mkdir(parents=True, exist_ok=True)
                 manifest(issues).write_text(json.dumps(filled, indent=1), encoding="utf-8")
@@ -283,15 +289,16 @@ def measure_size(ctx: Context, server: PostgresServer, issues: int, requests_eac
             audience="service365",
             ttl_seconds=3600,
         )
-        tokens = {
-            "admin": issuer.issue(uuid.UUID(who["admin"]), ["admin"], "管理员")[0],
-            "worker": issuer.issue(uuid.UUID(who["worker"]), ["grid_worker"], who["worker_name"])[
-                0
-            ],
-            "resident": issuer.issue(uuid.UUID(who["resident"]), ["resident"], "")[0],
-        }
+        # Without intake's fill, feed's resident is one it has not heard of (let in on the token).
+        resident = who.get("resident") or str(uuid.uuid4())
+        tokens = {"resident": issuer.issue(uuid.UUID(resident), ["resident"], "")[0]}
+        if "dispatch" in services:
+            tokens["admin"] = issuer.issue(uuid.UUID(who["admin"]), ["admin"], "管理员")[0]
+            tokens["worker"] = issuer.issue(
+                uuid.UUID(who["worker"]), ["grid_worker"], who["worker_name"]
+            )[0]
         pages = {}
-        for service in SERVICES:
+        for service in services:
             web, base = start_web(
                 service, urls[service], folder, folder / service, env=GENEROUS_LIMITS
             )
@@ -316,71 +323,80 @@ def measure_size(ctx: Context, server: PostgresServer, issues: int, requests_eac
             server.drop_all()
 
 
-def fill_all(server: PostgresServer, issues: int) -> dict:
-    """The four services' databases filled with ``issues`` issues: their URLs, who the pages are
-    measured as, and each fill's rate."""
+def fill_all(server: PostgresServer, issues: int, services: tuple[str, ...] = SERVICES) -> dict:
+    """``services``' databases (scoring needs dispatch's) filled with ``issues`` issues: their
+    URLs, who the pages are measured as, and each fill's rate."""
     urls = {}
-    for service in SERVICES:
+    for service in services:
         urls[service] = server.create_database(f"bench_scaling_{service}")
         upgrade(service, urls[service])
-    world = fill(urls["dispatch"], issues)
-    rates = {"dispatch": issues / (world["report_seconds"] + world["step_seconds"])}
-    print(
-        f"   {issues:,} issues: dispatch reports {world['report_seconds']:.0f} s, "
-        f"steps {world['step_seconds']:.0f} s ({rates['dispatch']:,.0f} issues/s)",
-        file=sys.stderr,
-        flush=True,
-    )
-    scoring = fill_scoring(urls["scoring"], urls["dispatch"], world)
-    rates["scoring"] = issues / scoring["seconds"]
-    rates["scoring events/s"] = scoring["events"] / scoring["seconds"]
-    print(
-        f"   {issues:,} issues: scoring {scoring['events']:,} events in "
-        f"{scoring['seconds']:.0f} s ({rates['scoring']:,.0f} issues/s, "
-        f"{rates['scoring events/s']:,.0f} events/s)",
-        file=sys.stderr,
-        flush=True,
-    )
-    feed = fill_feed(urls["feed"], issues, world["villages"])
-    rates["feed"] = issues / feed["seconds"]
-    rates["feed items/s"] = (feed["articles"] + feed["posts"]) / feed["seconds"]
-    print(
-        f"   {issues:,} issues: feed {feed['articles']:,} news + {feed['posts']:,} posts in "
-        f"{feed['seconds']:.0f} s ({rates['feed']:,.0f} issues/s, "
-        f"{rates['feed items/s']:,.0f} items/s)",
-        file=sys.stderr,
-        flush=True,
-    )
-    intake = fill_intake(urls["intake"], issues, world["villages"])
-    rates["intake"] = issues / intake["seconds"]
-    print(
-        f"   {issues:,} issues: intake reports {intake['seconds']:.0f} s "
-        f"({rates['intake']:,.0f} issues/s; the resident has {intake['mine']})",
-        file=sys.stderr,
-        flush=True,
-    )
-    who = {
-        "admin": str(world["admin"].id),
-        "worker": str(world["worker"].id),
-        "worker_name": world["worker"].name,
-        "village": str(world["village"]),
-        "resident": str(intake["resident"]),
-    }
+    rates: dict[str, float] = {}
+    who: dict[str, str] = {}
+    if "dispatch" in services:
+        world = fill(urls["dispatch"], issues)
+        rates["dispatch"] = issues / (world["report_seconds"] + world["step_seconds"])
+        _progress(
+            f"{issues:,} issues: dispatch reports {world['report_seconds']:.0f} s, "
+            f"steps {world['step_seconds']:.0f} s ({rates['dispatch']:,.0f} issues/s)"
+        )
+        who.update(
+            admin=str(world["admin"].id),
+            worker=str(world["worker"].id),
+            worker_name=world["worker"].name,
+            village=str(world["village"]),
+        )
+        villages = world["villages"]
+    else:  # intake and feed only need the villages' ids
+        villages = [uuid.uuid4() for _ in range(VILLAGES)]
+    if "scoring" in services:
+        scoring = fill_scoring(urls["scoring"], urls["dispatch"], world)
+        rates["scoring"] = issues / scoring["seconds"]
+        rates["scoring events/s"] = scoring["events"] / scoring["seconds"]
+        _progress(
+            f"{issues:,} issues: scoring {scoring['events']:,} events in "
+            f"{scoring['seconds']:.0f} s ({rates['scoring']:,.0f} issues/s, "
+            f"{rates['scoring events/s']:,.0f} events/s)"
+        )
+    if "feed" in services:
+        feed = fill_feed(urls["feed"], issues, villages)
+        rates["feed"] = issues / feed["seconds"]
+        rates["feed items/s"] = (feed["articles"] + feed["posts"]) / feed["seconds"]
+        _progress(
+            f"{issues:,} issues: feed {feed['articles']:,} news + {feed['posts']:,} posts in "
+            f"{feed['seconds']:.0f} s ({rates['feed']:,.0f} issues/s, "
+            f"{rates['feed items/s']:,.0f} items/s)"
+        )
+    if "intake" in services:
+        intake = fill_intake(urls["intake"], issues, villages)
+        rates["intake"] = issues / intake["seconds"]
+        _progress(
+            f"{issues:,} issues: intake reports {intake['seconds']:.0f} s "
+            f"({rates['intake']:,.0f} issues/s; the resident has {intake['mine']})"
+        )
+        who["resident"] = str(intake["resident"])
     return {"issues": issues, "urls": urls, "who": who, "rates": rates}
+
+
+def _progress(line: str) -> None:
+    print(f"   {line}", file=sys.stderr, flush=True)
 
 
 def manifest(issues: int) -> Path:
     return MANIFESTS / f"scaling-{issues}.json"
 
 
-def reusable(issues: int) -> dict | None:
-    """What a run with ``SCALING_KEEP_DATABASES=1`` kept for this size, if its databases are all
-    still there: a 1 M fill takes hours, the pages a minute."""
+def reusable(issues: int, services: tuple[str, ...] = SERVICES) -> dict | None:
+    """What a run with ``SCALING_KEEP_DATABASES=1`` kept for this size, if it filled
+    ``services`` and their databases are all still there: a 1 M fill takes hours, the pages a
+    minute."""
     path = manifest(issues)
     if not path.exists():
         return None
     filled = json.loads(path.read_text(encoding="utf-8"))
-    for url in filled["urls"].values():
+    if not set(services) <= set(filled["urls"]):
+        return None
+    for service in services:
+        url = filled["urls"][service]
         engine = sa.create_engine(url)
         try:
             with engine.connect():
@@ -403,6 +419,21 @@ def sizes(ctx: Context) -> tuple[int, int]:
     return (1_000, 5_000) if ctx.smoke else (10_000, 100_000)
 
 
+def chosen_services(ctx: Context) -> tuple[str, ...]:
+    """``SCALING_SERVICES`` (e.g. ``intake,feed``: the two whose fill takes minutes, not hours,
+    at 1 M), in fill order; default all four. Scoring is filled from dispatch's outbox."""
+    chosen = ctx.options.get("scaling_services") or os.environ.get("SCALING_SERVICES")
+    if not chosen:
+        return SERVICES
+    names = chosen if isinstance(chosen, list | tuple) else str(chosen).replace(" ", "").split(",")
+    unknown = set(names) - set(SERVICES)
+    if unknown or not names:
+        raise ValueError(f"SCALING_SERVICES: unknown {sorted(unknown)}; choose from {SERVICES}")
+    if "scoring" in names and "dispatch" not in names:
+        raise ValueError("SCALING_SERVICES: scoring is filled from dispatch's events; add dispatch")
+    return tuple(s for s in SERVICES if s in names)
+
+
 def run(ctx: Context) -> list[Result]:
     server = PostgresServer(
         os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1"),
@@ -412,8 +443,9 @@ def run(ctx: Context) -> list[Result]:
     )
     small, large = sizes(ctx)
     count = ctx.size(300, 30)
-    at_small = measure_size(ctx, server, small, count)
-    at_large = measure_size(ctx, server, large, count)
+    services = chosen_services(ctx)
+    at_small = measure_size(ctx, server, small, count, services)
+    at_large = measure_size(ctx, server, large, count, services)
     rates = {
         f"load {k} @{size:,}": round(v, 1)
         for size, figures in ((small, at_small), (large, at_large))
@@ -441,7 +473,7 @@ def run(ctx: Context) -> list[Result]:
                    reference_name=f"p99 @{small:,}", goal=Goal(at_most=20, ratio_at_most=1.5),
                    extra=extra)
         )  # fmt: skip
-    for service in SERVICES:
+    for service in services:
         # How fast each service's own code takes the fill in (no goal: the cost of a 1 M run).
         results.append(
             Result(SECTION, f"load {service} @{large:,}", at_large["rates"][service], "issues/s",

@@ -58,8 +58,13 @@ GENEROUS_LIMITS = {
     "RATE_LIMIT_LOGIN_IP": "1000000 per minute",
     "RATE_LIMIT_WECHAT_LOGIN_IP": "1000000 per minute",
 }
-# As deployed: JSON logs at INFO, two gunicorn workers (this machine has two cores).
-DEPLOYED = {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "WEB_CONCURRENCY": "2"}
+# As deployed: JSON logs at INFO, two gunicorn workers (this machine has two cores);
+# BENCH_WEB_CONCURRENCY tries another number of workers, for ours and the reference alike.
+DEPLOYED = {
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "INFO",
+    "WEB_CONCURRENCY": os.environ.get("BENCH_WEB_CONCURRENCY", "2"),
+}
 
 # label -> MiB, filled by the sections after their runs; ``bench/memory.py`` reports them.
 RSS: dict[str, float] = {}

@@ -93,33 +93,86 @@ def _fits(column: Any, value: Any) -> bool:
     return isinstance(value, expected)
 
 
+class KeysetQuery:
+    """A keyset-paged SELECT built once, for a hot page whose statement does not change: its
+    first page and its "after the cursor" page with the limit and the cursor's values as bound
+    parameters, so each request reuses the same statement objects.
+
+    Why: composing a statement and computing its cache key costs SQLAlchemy more CPU than a small
+    indexed SELECT takes; a resident's "mine" list took a quarter less CPU per request built once
+    (``shared/tests/test_pagination.py`` checks both forms page alike). Parameters of ``stmt``
+    (``sa.bindparam``) are given to ``keyset_page`` as ``params``.
+
+    Example::
+
+        MINE = KeysetQuery(sa.select(Issue).where(Issue.reporter_id == sa.bindparam("me")),
+                           order=[Issue.reported_at.desc(), Issue.id.desc()])
+        keyset_page(session, MINE, key=..., cursor=..., limit=20, params={"me": user_id})
+    """
+
+    LIMIT = "keyset_limit"
+
+    def __init__(self, stmt: sa.Select, order: Sequence[UnaryExpression]) -> None:
+        self.order = list(order)
+        self.columns, descending = _keyset_columns(self.order)
+        self.bounds = [f"keyset_after_{i}" for i in range(len(self.columns))]
+        bound = sa.tuple_(
+            *[sa.bindparam(n, type_=c.type) for n, c in zip(self.bounds, self.columns, strict=True)]
+        )
+        row_key = sa.tuple_(*self.columns)
+        limit = sa.bindparam(self.LIMIT, type_=sa.Integer)
+        self.first = stmt.order_by(*self.order).limit(limit)
+        after = row_key < bound if descending else row_key > bound
+        self.after = stmt.where(after).order_by(*self.order).limit(limit)
+
+
+def _keyset_columns(order: Sequence[UnaryExpression]) -> tuple[list[Any], bool]:
+    directions = {getattr(o, "modifier", None) for o in order}
+    if len(directions) != 1:
+        raise ValueError("keyset order must be all ascending or all descending")
+    return [o.element for o in order], sa.sql.operators.desc_op in directions
+
+
+def _cursor_values(cursor: str, columns: Sequence[Any]) -> list[Any]:
+    values = decode_cursor(cursor)
+    if len(values) != len(columns) or not all(map(_fits, columns, values)):
+        raise BadRequest(INVALID_CURSOR, code="invalid_cursor")
+    return values
+
+
 def keyset_page(
     session: Session | sa.Connection,
-    stmt: sa.Select,
+    stmt: sa.Select | KeysetQuery,
     *,
-    order: Sequence[UnaryExpression],
+    order: Sequence[UnaryExpression] | None = None,
     key: Callable[[Any], Sequence[Any]],
     cursor: str | None,
     limit: int,
     scalars: bool = True,
+    params: dict[str, Any] | None = None,
 ) -> tuple[list[Any], str | None]:
-    """One page of ``stmt`` ordered by ``order`` (all ascending or all descending)."""
-    directions = {getattr(o, "modifier", None) for o in order}
-    descending = sa.sql.operators.desc_op in directions
-    if len(directions) != 1:
-        raise ValueError("keyset order must be all ascending or all descending")
-    columns = [o.element for o in order]
-    if cursor:
-        values = decode_cursor(cursor)
-        if len(values) != len(columns) or not all(map(_fits, columns, values)):
-            raise BadRequest(INVALID_CURSOR, code="invalid_cursor")
-        row_key = sa.tuple_(*columns)
-        bound = sa.tuple_(
-            *[sa.literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)]
-        )
-        stmt = stmt.where(row_key < bound if descending else row_key > bound)
-    stmt = stmt.order_by(*order).limit(limit + 1)
-    result = session.execute(stmt)
+    """One page of ``stmt`` ordered by ``order`` (all ascending or all descending), or of a
+    ``KeysetQuery`` (which has its order) with its ``params``."""
+    if isinstance(stmt, KeysetQuery):
+        binds = {**(params or {}), KeysetQuery.LIMIT: limit + 1}
+        page = stmt.first
+        if cursor:
+            values = _cursor_values(cursor, stmt.columns)
+            binds.update(zip(stmt.bounds, values, strict=True))
+            page = stmt.after
+        result = session.execute(page, binds)
+    else:
+        if order is None:
+            raise TypeError("keyset_page of a Select needs its order")
+        columns, descending = _keyset_columns(order)
+        if cursor:
+            values = _cursor_values(cursor, columns)
+            row_key = sa.tuple_(*columns)
+            bound = sa.tuple_(
+                *[sa.literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)]
+            )
+            stmt = stmt.where(row_key < bound if descending else row_key > bound)
+        result = session.execute(stmt.order_by(*order).limit(limit + 1), params or {})
     rows = list(result.scalars() if scalars else result)
     next_cursor = encode_cursor(key(rows[limit - 1])) if len(rows) > limit else None
     return rows[:limit], next_cursor

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from shared.auth import Principal, TokenIssuer, refusal_reason
+from shared.auth import Principal, TokenIssuer, TokenVerifier, refusal_reason
+from shared.errors import Unauthorized
 from shared.tests.tinyapp import TinySettings, build_app, make_keys
 
 ISSUER = "service365-intake"
@@ -275,3 +277,73 @@ def test_refusal_reason_refuses_a_token_issued_before_the_accounts_last_change()
     )
 
     assert (before, after) == ("issued_before_change", None)
+
+
+# --- verified tokens are remembered -------------------------------------------------------------
+
+
+def _verifier(public_path, remember: int = 4096) -> TokenVerifier:
+    return TokenVerifier(
+        public_path.read_bytes(), issuer=ISSUER, audience=AUDIENCE, remember=remember
+    )
+
+
+def test_a_remembered_token_answers_with_its_own_principal(keys):
+    private, public = keys
+    verifier = _verifier(public)
+    first, _ = _issuer(private).issue(uuid.uuid4(), ["resident"], "张三")
+    second, _ = _issuer(private).issue(uuid.uuid4(), ["admin"], "李四")
+
+    for _ in range(2):  # the second round answers from memory
+        assert verifier.verify(first).name == "张三"
+        assert verifier.verify(second).roles == frozenset({"admin"})
+
+
+def test_a_remembered_token_is_refused_once_it_expires(keys, monkeypatch):
+    private, public = keys
+    verifier = _verifier(public)
+    token, ttl = _issuer(private, ttl=60).issue(uuid.uuid4(), ["resident"])
+    assert verifier.verify(token).roles == frozenset({"resident"})
+
+    later = time.time() + ttl + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+
+    with pytest.raises(Unauthorized) as refused:
+        verifier.verify(token)
+    assert refused.value.code == "token_expired"
+
+
+def test_a_refused_token_is_refused_again_and_not_remembered(keys):
+    private, public = keys
+    verifier = _verifier(public)
+    token, _ = _issuer(private).issue(uuid.uuid4(), ["resident"])
+    header, payload, _signature = token.split(".")
+    forged = f"{header}.{payload}.{_b64(b'not the signature')}"
+
+    for _ in range(2):
+        with pytest.raises(Unauthorized) as refused:
+            verifier.verify(forged)
+        assert refused.value.code == "invalid_token"
+    assert verifier.verify(token).roles == frozenset({"resident"})
+
+
+def test_the_memory_keeps_at_most_its_size_forgetting_the_oldest_first(keys, monkeypatch):
+    private, public = keys
+    verifier = _verifier(public, remember=2)
+    tokens = [_issuer(private).issue(uuid.uuid4(), ["resident"])[0] for _ in range(3)]
+    for token in tokens:
+        verifier.verify(token)
+    decoded = []
+    original = jwt.decode
+
+    def counting_decode(token, *args, **kwargs):
+        decoded.append(token)
+        return original(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+
+    verifier.verify(tokens[2])
+    verifier.verify(tokens[1])
+    assert decoded == []  # the two newest answer from memory
+    verifier.verify(tokens[0])
+    assert decoded == [tokens[0]]  # the oldest was forgotten and is checked again
