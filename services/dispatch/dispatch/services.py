@@ -7,6 +7,7 @@ in the caller's transaction.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections import defaultdict
@@ -42,7 +43,7 @@ from shared.clock import SHANGHAI, utcnow
 from shared.db import among
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.events import emit
-from shared.pagination import keyset_page
+from shared.pagination import KeysetQuery, keyset_page
 
 log = logging.getLogger("dispatch.services")
 
@@ -1263,6 +1264,23 @@ def queue(
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _tasks_query(which: str) -> KeysetQuery:
+    """A worker's tasks (``mine``), an area leader's followed items (``following``) or a
+    department member's (``department``), due soonest first, built once for ``me``."""
+    me = sa.bindparam("me")
+    stmt = sa.select(Issue).where(Issue.state.in_(domain.WORKING_STATES))
+    if which == "following":
+        stmt = stmt.where(sa.or_(Issue.follower_id == me, Issue.handler_id == me))
+    elif which == "department":
+        # Department staff: also the items their department holds (township or county).
+        theirs = sa.select(DepartmentMember.department_id).where(DepartmentMember.user_id == me)
+        stmt = stmt.where(sa.or_(Issue.assignee_id == me, Issue.department_id.in_(theirs)))
+    else:
+        stmt = stmt.where(Issue.assignee_id == me)
+    return KeysetQuery(stmt, order=[Issue.due_at.asc(), Issue.id.asc()])
+
+
 def my_tasks(
     session: Session,
     actor: Principal,
@@ -1272,22 +1290,19 @@ def my_tasks(
     limit: int = 50,
 ) -> tuple[list[Issue], str | None]:
     """Open tasks of the caller, due soonest first (or those an area leader follows)."""
-    stmt = sa.select(Issue).where(Issue.state.in_(domain.WORKING_STATES))
     if following:
-        stmt = stmt.where(sa.or_(Issue.follower_id == actor.id, Issue.handler_id == actor.id))
+        which = "following"
     elif actor.has("department_staff"):
-        # Department staff: also the items their department holds (township or county).
-        mine = sa.select(DepartmentMember.department_id).where(DepartmentMember.user_id == actor.id)
-        stmt = stmt.where(sa.or_(Issue.assignee_id == actor.id, Issue.department_id.in_(mine)))
+        which = "department"
     else:
-        stmt = stmt.where(Issue.assignee_id == actor.id)
+        which = "mine"
     return keyset_page(
         session,
-        stmt,
-        order=[Issue.due_at.asc(), Issue.id.asc()],
+        _tasks_query(which),
         key=lambda i: [i.due_at, i.id],
         cursor=cursor,
         limit=limit,
+        params={"me": actor.id},
     )
 
 

@@ -9,6 +9,7 @@ Published by feed, each in the transaction of its change: ``news.published`` (``
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -51,7 +52,7 @@ from shared.clock import utcnow
 from shared.db import Database, after_commit
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.events import emit
-from shared.pagination import keyset_page
+from shared.pagination import KeysetQuery, keyset_page
 
 log = logging.getLogger("feed.services")
 
@@ -422,17 +423,24 @@ def article_history(session: Session, article_id: uuid.UUID) -> list[ArticleChan
 # --- news: public reads --------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
+def _news_query(category: str | None) -> KeysetQuery:
+    """Published news of one ``category`` (None: all), built once: the busiest public page."""
+    stmt = sa.select(Article).where(Article.state == "published")
+    if category:
+        stmt = stmt.where(Article.category == category)
+    return KeysetQuery(
+        stmt, order=[Article.pinned.desc(), Article.published_at.desc(), Article.id.desc()]
+    )
+
+
 def public_news_page(
     session: Session, *, category: str | None, cursor: str | None, limit: int
 ) -> tuple[list[Article], str | None]:
     """Published news, pinned first, then newest (one index scan per page)."""
-    stmt = sa.select(Article).where(Article.state == "published")
-    if category:
-        stmt = stmt.where(Article.category == category)
     return keyset_page(
         session,
-        stmt,
-        order=[Article.pinned.desc(), Article.published_at.desc(), Article.id.desc()],
+        _news_query(category),
         key=lambda a: [a.pinned, a.published_at, a.id],
         cursor=cursor,
         limit=limit,

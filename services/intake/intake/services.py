@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -421,8 +422,10 @@ SUMMARY_COLUMNS = (
 )
 
 
+@functools.lru_cache(maxsize=64)
 def _mine_query(status: str | None) -> KeysetQuery:
-    """The "mine" list's statement for one ``status`` filter (None: all), built once."""
+    """The "mine" list's statement for one ``status`` filter (None: all), built once: the
+    resident's hottest page."""
     mine = sa.bindparam("me")
     stmt = sa.select(*SUMMARY_COLUMNS).where(
         sa.or_(Issue.reporter_id == mine, Issue.submitted_by == mine)
@@ -432,10 +435,6 @@ def _mine_query(status: str | None) -> KeysetQuery:
     elif status:
         stmt = stmt.where(Issue.status == status)
     return KeysetQuery(stmt, order=[Issue.reported_at.desc(), Issue.id.desc()])
-
-
-# One per filter the query schema accepts (``MineQuery``): the resident's hottest page.
-_MINE = {status: _mine_query(status) for status in (None, *domain.STATES, *domain.STATUS_GROUPS)}
 
 
 def my_issues(
@@ -449,10 +448,9 @@ def my_issues(
     """The caller's own reports (and those they submitted for a resident), newest first, as
     rows of ``SUMMARY_COLUMNS``; ``status`` a state, or ``done`` (resolved and closed: 已办结事项)
     or ``open``. One SELECT: ``Database.read`` is enough."""
-    query = _MINE.get(status) or _mine_query(status)
     return keyset_page(
         conn,
-        query,
+        _mine_query(status),
         key=lambda row: [row.reported_at, row.id],
         cursor=cursor,
         limit=limit,

@@ -8,6 +8,7 @@ channel): both inserts skip what is already there, so a redelivered event adds n
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
@@ -28,7 +29,7 @@ from shared.clock import utcnow
 from shared.db import Database, Upsert, among
 from shared.errors import Invalid, NotFound
 from shared.events import Envelope
-from shared.pagination import keyset_page
+from shared.pagination import KeysetQuery, keyset_page
 
 log = logging.getLogger("notify.services")
 
@@ -555,22 +556,28 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 # --- the inbox ----------------------------------------------------------------------------------
 
 
-def inbox(
-    session: Session, user_id: uuid.UUID, *, unread: bool | None, cursor: str | None, limit: int
-) -> tuple[list[Notification], str | None]:
-    """The user's messages, newest first (keyset pagination)."""
-    stmt = sa.select(Notification).where(Notification.user_id == user_id)
+@functools.lru_cache(maxsize=4)
+def _inbox_query(unread: bool | None) -> KeysetQuery:
+    """One user's (``me``) messages, all, unread or read, built once: every resident's inbox."""
+    stmt = sa.select(Notification).where(Notification.user_id == sa.bindparam("me"))
     if unread is True:
         stmt = stmt.where(Notification.read_at.is_(None))
     elif unread is False:
         stmt = stmt.where(Notification.read_at.is_not(None))
+    return KeysetQuery(stmt, order=[Notification.created_at.desc(), Notification.id.desc()])
+
+
+def inbox(
+    session: Session, user_id: uuid.UUID, *, unread: bool | None, cursor: str | None, limit: int
+) -> tuple[list[Notification], str | None]:
+    """The user's messages, newest first (keyset pagination)."""
     return keyset_page(
         session,
-        stmt,
-        order=[Notification.created_at.desc(), Notification.id.desc()],
+        _inbox_query(unread),
         key=lambda n: [n.created_at, n.id],
         cursor=cursor,
         limit=limit,
+        params={"me": user_id},
     )
 
 
