@@ -120,6 +120,12 @@ def _check_report(session: Session, reporter_id: uuid.UUID, report: NewReport) -
     return photos
 
 
+# Built once: a resident's every report reads their confirmed contact phone.
+_REPORTER_CONTACT = sa.select(User.name, User.contact_phone).where(
+    User.id == sa.bindparam("user_id")
+)
+
+
 def report_issue(
     session: Session,
     settings: IntakeSettings,
@@ -146,7 +152,7 @@ def report_issue(
         reporter_id = resident_id or submitted_by
     elif report.source == "miniprogram" and contact_phone is None:
         # The resident's confirmed contact phone goes with each report, for a phone callback.
-        user = session.get(User, reporter_id)
+        user = session.execute(_REPORTER_CONTACT, {"user_id": reporter_id}).first()
         if user is not None and user.contact_phone:
             contact_name, contact_phone = contact_name or user.name or None, user.contact_phone
     now = now or utcnow()
@@ -306,14 +312,16 @@ def report_issue_once(
         raise
 
 
+_RECORDS = IdempotencyRecord.__table__
+# Built once: it runs before every keyed report.
+_EARLIER_ANSWER = sa.select(
+    _RECORDS.c.request_hash, _RECORDS.c.status_code, _RECORDS.c.response
+).where(_RECORDS.c.user_id == sa.bindparam("user_id"), _RECORDS.c.key == sa.bindparam("key"))
+
+
 def _earlier_answer(db: Database, user_id: uuid.UUID, key: str, fingerprint: str) -> Answer | None:
-    records = IdempotencyRecord.__table__
     with db.read() as conn:  # one SELECT before every keyed report: no BEGIN/COMMIT
-        record = conn.execute(
-            sa.select(records.c.request_hash, records.c.status_code, records.c.response).where(
-                records.c.user_id == user_id, records.c.key == key
-            )
-        ).first()
+        record = conn.execute(_EARLIER_ANSWER, {"user_id": user_id, "key": key}).first()
         if record is None:
             return None
         if record.request_hash != fingerprint:
