@@ -133,11 +133,25 @@ def upsert_village(session: Session, data: dict[str, Any]) -> Village | None:
     return village
 
 
+# Built once: every page of posts and comments names its authors and villages (composing a
+# statement costs more CPU than these small reads).
+_PERSON_NAMES = sa.select(Person.id, Person.name).where(
+    Person.id.in_(sa.bindparam("ids", expanding=True))
+)
+_VILLAGE_NAMES = sa.select(Village.id, Village.name).where(
+    Village.id.in_(sa.bindparam("ids", expanding=True))
+)
+_LIKED = sa.select(PostLike.post_id).where(
+    PostLike.user_id == sa.bindparam("viewer"),
+    PostLike.post_id.in_(sa.bindparam("posts", expanding=True)),
+)
+
+
 def _names(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
     ids.discard(None)  # type: ignore[arg-type]
     if not ids:
         return {}
-    rows = session.execute(sa.select(Person.id, Person.name).where(Person.id.in_(ids)))
+    rows = session.execute(_PERSON_NAMES, {"ids": sorted(ids)})
     return {row.id: row.name for row in rows if row.name}
 
 
@@ -145,7 +159,7 @@ def _village_names(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, str
     ids.discard(None)  # type: ignore[arg-type]
     if not ids:
         return {}
-    rows = session.execute(sa.select(Village.id, Village.name).where(Village.id.in_(ids)))
+    rows = session.execute(_VILLAGE_NAMES, {"ids": sorted(ids)})
     return {row.id: row.name for row in rows if row.name}
 
 
@@ -819,6 +833,17 @@ def publish_board(
     return post
 
 
+@functools.lru_cache(maxsize=8)
+def _posts_query(by_village: bool, by_tag: bool) -> KeysetQuery:
+    """Published posts, of one ``village`` and/or ``tag`` when asked, built once."""
+    stmt = sa.select(Post).where(Post.state == "published")
+    if by_village:
+        stmt = stmt.where(Post.village_id == sa.bindparam("village"))
+    if by_tag:
+        stmt = stmt.where(Post.tag == sa.bindparam("tag"))
+    return KeysetQuery(stmt, order=[Post.published_at.desc(), Post.id.desc()])
+
+
 def feed_page(
     session: Session,
     *,
@@ -828,18 +853,13 @@ def feed_page(
     limit: int,
 ) -> tuple[list[Post], str | None]:
     """Published posts, newest first; a filter by village and/or tag uses its own index."""
-    stmt = sa.select(Post).where(Post.state == "published")
-    if village_id:
-        stmt = stmt.where(Post.village_id == village_id)
-    if tag:
-        stmt = stmt.where(Post.tag == tag)
     return keyset_page(
         session,
-        stmt,
-        order=[Post.published_at.desc(), Post.id.desc()],
+        _posts_query(bool(village_id), bool(tag)),
         key=lambda p: [p.published_at, p.id],
         cursor=cursor,
         limit=limit,
+        params={"village": village_id, "tag": tag},
     )
 
 
@@ -962,13 +982,7 @@ def post_views(
     villages = _village_names(session, {p.village_id for p in posts if p.village_id})
     liked: set[uuid.UUID] = set()
     if viewer_id and posts:
-        liked = set(
-            session.scalars(
-                sa.select(PostLike.post_id).where(
-                    PostLike.user_id == viewer_id, PostLike.post_id.in_([p.id for p in posts])
-                )
-            )
-        )
+        liked = set(session.scalars(_LIKED, {"viewer": viewer_id, "posts": [p.id for p in posts]}))
     return [
         {
             "post": p,
