@@ -5,6 +5,7 @@ ledger per request; plus the monthly 红黑榜 and the rebuild of the totals fro
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from shared.clock import utcnow
 from shared.errors import Invalid, NotFound
 from shared.events import emit
 from shared.export import csv_bytes, xlsx_bytes
-from shared.pagination import keyset_page
+from shared.pagination import KeysetQuery, keyset_page
 
 SCOPES = ("worker", "grid", "village")
 KPI_SCOPES = ("worker", "grid", "village", "township")
@@ -53,16 +54,23 @@ def period_or_current(text: str | None, now: datetime) -> domain.Period:
 # --- rankings ------------------------------------------------------------------------------------
 
 
-def _ranking(scope: str, period: str, village_id: uuid.UUID | None) -> sa.Subquery:
-    """Everyone on the board in ``scope`` with their totals of ``period`` and their standard
-    competition rank (points, then on-time resolutions; equal on both share a rank). Reads
-    ``people`` and one ``score_totals`` row per person: its cost follows the number of people,
-    not the size of the ledger."""
+@functools.lru_cache(maxsize=16)
+def _ranking(scope: str, of_village: bool, period: str = "period") -> sa.Subquery:
+    """Everyone on the board in ``scope`` (of one village, the parameter ``village``, when
+    ``of_village``) with their totals of the period in the parameter named ``period`` and
+    their standard competition rank (points, then on-time resolutions; equal on both share a
+    rank). Reads ``people`` and one ``score_totals`` row per person: its cost follows the
+    number of people, not the size of the ledger. Built once per shape: composing it took a
+    leaderboard request more CPU than running it."""
     t = ScoreTotal
-    joined = sa.outerjoin(Person, t, sa.and_(t.user_id == Person.id, t.period == period))
+    joined = sa.outerjoin(
+        Person,
+        t,
+        sa.and_(t.user_id == Person.id, t.period == sa.bindparam(period, type_=sa.String)),
+    )
     where = [Person.on_board.is_(True)]
-    if village_id is not None:
-        where.append(Person.village_id == village_id)
+    if of_village:
+        where.append(Person.village_id == sa.bindparam("village"))
     if scope == "worker":
         points = sa.func.coalesce(t.points, 0)
         on_time = sa.func.coalesce(t.resolved_on_time, 0)
@@ -120,34 +128,21 @@ def leaderboard(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the board, best first, with each row's change in rank since the period
     before (positive: climbed)."""
-    ranking = _ranking(scope, period.key, village_id)
+    of_village = village_id is not None
     rows, next_cursor = keyset_page(
         session,
-        sa.select(ranking),
-        order=[ranking.c.rank.asc(), ranking.c.id.asc()],
+        _board_query(scope, of_village),
         key=lambda r: [r.rank, r.id],
         cursor=cursor,
         limit=limit,
         scalars=False,
+        params={"period": period.key, "village": village_id},
     )
     previous: dict[Any, int] = {}
     before = period.previous()
     if before is not None and rows:
-        earlier = _ranking(scope, before.key, village_id)
-        previous = dict(
-            session.execute(
-                sa.select(earlier.c.id, earlier.c.rank).where(
-                    earlier.c.id.in_([r.id for r in rows]),
-                    # Only who was on last period's board by what they did: a board where
-                    # everyone shared rank 1 with nothing would make every change look large.
-                    sa.or_(
-                        earlier.c.points != 0,
-                        earlier.c.resolved_on_time > 0,
-                        earlier.c.rated > 0,
-                    ),
-                )
-            ).all()
-        )
+        binds = {"before": before.key, "village": village_id, "ids": [r.id for r in rows]}
+        previous = dict(session.execute(_earlier_ranks(scope, of_village), binds).all())
     names = _names(session, scope, rows)
     items = []
     for row in rows:
@@ -166,6 +161,24 @@ def leaderboard(
             }
         )
     return items, next_cursor
+
+
+@functools.lru_cache(maxsize=8)
+def _board_query(scope: str, of_village: bool) -> KeysetQuery:
+    ranking = _ranking(scope, of_village)
+    return KeysetQuery(sa.select(ranking), order=[ranking.c.rank.asc(), ranking.c.id.asc()])
+
+
+@functools.lru_cache(maxsize=8)
+def _earlier_ranks(scope: str, of_village: bool) -> sa.Select:
+    """The ranks in the period before (parameter ``before``) of the rows ``ids``."""
+    earlier = _ranking(scope, of_village, "before")
+    return sa.select(earlier.c.id, earlier.c.rank).where(
+        earlier.c.id.in_(sa.bindparam("ids", expanding=True)),
+        # Only who was on last period's board by what they did: a board where everyone shared
+        # rank 1 with nothing would make every change look large.
+        sa.or_(earlier.c.points != 0, earlier.c.resolved_on_time > 0, earlier.c.rated > 0),
+    )
 
 
 def _names(session: Session, scope: str, rows: list[Any]) -> dict[Any, tuple[str, Any, Any]]:
@@ -195,9 +208,12 @@ def _village_names(session: Session, ids: set[Any]) -> dict[Any, str]:
     ids = {i for i in ids if i is not None}
     if not ids:
         return {}
-    return dict(
-        session.execute(sa.select(Village.id, Village.name).where(Village.id.in_(ids))).all()
-    )
+    return dict(session.execute(_VILLAGE_NAMES, {"ids": sorted(ids)}).all())
+
+
+_VILLAGE_NAMES = sa.select(Village.id, Village.name).where(
+    Village.id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 # --- KPIs ----------------------------------------------------------------------------------------
@@ -441,9 +457,10 @@ def publish_board(
     and remember that it was published."""
     if period.kind != "month":
         raise Invalid("红黑榜按月发布，周期应为 month:YYYY-MM。", code="invalid_period")
-    ranking = _ranking("worker", period.key, None)
+    ranking = _ranking("worker", False)
     rows = session.execute(
-        sa.select(ranking).order_by(ranking.c.rank.asc(), ranking.c.id.asc())
+        sa.select(ranking).order_by(ranking.c.rank.asc(), ranking.c.id.asc()),
+        {"period": period.key},
     ).all()
     size = settings.board_size
 

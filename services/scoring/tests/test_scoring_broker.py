@@ -153,7 +153,14 @@ def test_a_reopen_that_overtakes_its_resolution_still_claws_the_points_back(work
 
     wait_for(assignment_known)
     # A retry delayed the resolution: the reopen that undoes it arrives first.
-    publish(channel, make_envelope("issue.reopened", reopened, producer="dispatch"))
+    # In the month it was earned (a reopen is clawed back in its own month, whenever the test
+    # runs: the month earned is not rewritten).
+    publish(
+        channel,
+        make_envelope(
+            "issue.reopened", reopened, producer="dispatch", occurred_at=due + timedelta(days=1)
+        ),
+    )
     publish(channel, make_envelope("issue.resolved", resolved, producer="dispatch"))
 
     def entries() -> list[tuple[str, int]]:
