@@ -341,6 +341,14 @@ def among(
     return column.in_(values)
 
 
+def among_bound(dialect: str, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+    """``among`` for a statement built once: the values come later, as the parameter ``name``
+    (a list), on the ``dialect`` the statement is for (``postgresql`` or ``sqlite``)."""
+    if dialect == "postgresql":
+        return column == sa.func.any(sa.bindparam(name, type_=sa.ARRAY(column.type)))
+    return column.in_(sa.bindparam(name, expanding=True))
+
+
 class Upsert:
     """``INSERT ... ON CONFLICT`` for a hot path, as one SQL text for PostgreSQL and SQLite alike.
 
