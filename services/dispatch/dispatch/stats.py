@@ -13,6 +13,7 @@ reported in it (``issue_stats_scan``, also the reference the aggregates are test
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections import defaultdict
@@ -71,10 +72,35 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
         return issue_stats_scan(session, filters, now)
     if session.get_bind().dialect.name != "postgresql":
         return issue_stats_scan(session, filters, now)
+    shape = (filters.village_id is not None, filters.category is not None)
+    binds = {"village": filters.village_id, "category": filters.category}
+    counts = session.execute(_counts_statement(*shape), binds).all()
+    overdue = session.execute(_overdue_statement(*shape), {**binds, "now": now}).all()
+    return _answer(
+        session, filters, counts, overdue, _time_to_resolve_from_buckets(session, filters)
+    )
+
+
+# The aggregate path's statements are built once per shape (by village, by category), their
+# values bound: composing them took a statistics request more CPU than running them.
+
+
+def _filtered(table: Any, by_village: bool, by_category: bool) -> list[sa.ColumnElement[bool]]:
+    """``table`` (``Issue`` or an aggregate) of the parameters ``village`` and ``category``."""
+    clauses: list[sa.ColumnElement[bool]] = []
+    if by_village:
+        clauses.append(table.village_id == sa.bindparam("village"))
+    if by_category:
+        clauses.append(table.category == sa.bindparam("category"))
+    return clauses
+
+
+@functools.lru_cache(maxsize=4)
+def _counts_statement(by_village: bool, by_category: bool) -> sa.Select:
     c = IssueStatsCount
     # Three grouping sets instead of every (village, category, state, level) row: a few hundred
     # rows to fold in Python whatever the township's size. GROUPING() tags each row's set.
-    counts = session.execute(
+    return (
         sa.select(
             c.category,
             c.village_id,
@@ -86,7 +112,7 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
             sa.cast(sa.func.sum(c.satisfied), sa.BigInteger).label("satisfied"),
             sa.func.grouping(c.category, c.village_id, c.level).label("part"),
         )
-        .where(*_aggregate_where(c, filters))
+        .where(*_filtered(c, by_village, by_category))
         .group_by(
             sa.func.grouping_sets(
                 sa.tuple_(c.category, c.state),
@@ -95,14 +121,48 @@ def issue_stats(session: Session, filters: StatsFilter, now: datetime | None = N
             )
         )
         .having(sa.func.sum(c.n) != 0)
-    ).all()
-    overdue = session.execute(
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _overdue_statement(by_village: bool, by_category: bool) -> sa.Select:
+    """Open work past due (the parameter ``now``) per village."""
+    return (
         sa.select(Issue.village_id, sa.func.count())
-        .where(sa.text(WORKING_SQL), Issue.due_at < now, *_where(filters))
+        .where(
+            sa.text(WORKING_SQL),
+            Issue.due_at < sa.bindparam("now", type_=Issue.due_at.type),
+            *_filtered(Issue, by_village, by_category),
+        )
         .group_by(Issue.village_id)
-    ).all()
-    return _answer(
-        session, filters, counts, overdue, _time_to_resolve_from_buckets(session, filters)
+    )
+
+
+_BUCKETS = (
+    sa.select(IssueStatsResolveTime.bucket, IssueStatsResolveTime.n)
+    .where(
+        IssueStatsResolveTime.village_id == sa.bindparam("village"),
+        IssueStatsResolveTime.category == sa.bindparam("category"),
+        IssueStatsResolveTime.n != 0,
+    )
+    .order_by(IssueStatsResolveTime.bucket)
+)
+_SECONDS = sa.func.extract("epoch", Issue.resolved_at - Issue.reported_at)
+
+
+@functools.lru_cache(maxsize=8)
+def _resolve_seconds_statement(by_village: bool, by_category: bool, from_start: bool) -> sa.Select:
+    """Done items' resolve times in seconds, ascending, from the parameter ``start`` when
+    ``from_start``, skipping ``skip`` and taking ``take`` (the resolve-time index's order)."""
+    clauses = [sa.text(DONE_SQL), *_filtered(Issue, by_village, by_category)]
+    if from_start:
+        clauses.append(sa.bindparam("start", type_=sa.Integer) <= _SECONDS)
+    return (
+        sa.select(sa.cast(_SECONDS, sa.Float))
+        .where(*clauses)
+        .order_by(_SECONDS)
+        .offset(sa.bindparam("skip", type_=sa.Integer))
+        .limit(sa.bindparam("take", type_=sa.Integer))
     )
 
 
@@ -131,15 +191,6 @@ def issue_stats_scan(session: Session, filters: StatsFilter, now: datetime | Non
 
 # GROUPING(category, village_id, level) of each grouping set.
 _BY_CATEGORY, _BY_VILLAGE, _BY_STATE_LEVEL = 0b011, 0b101, 0b110
-
-
-def _aggregate_where(table, filters: StatsFilter) -> list[sa.ColumnElement[bool]]:
-    clauses: list[sa.ColumnElement[bool]] = []
-    if filters.village_id is not None:
-        clauses.append(table.village_id == filters.village_id)
-    if filters.category is not None:
-        clauses.append(table.category == filters.category)
-    return clauses
 
 
 def _answer(
@@ -265,20 +316,12 @@ def _time_to_resolve_from_buckets(
     buckets give each rank's bucket, the resolve-time index the exact values."""
     village = filters.village_id or aggregates.ANY_VILLAGE
     category = filters.category or aggregates.ANY_CATEGORY
-    buckets = session.execute(
-        sa.select(IssueStatsResolveTime.bucket, IssueStatsResolveTime.n)
-        .where(
-            IssueStatsResolveTime.village_id == village,
-            IssueStatsResolveTime.category == category,
-            IssueStatsResolveTime.n != 0,
-        )
-        .order_by(IssueStatsResolveTime.bucket)
-    ).all()
+    buckets = session.execute(_BUCKETS, {"village": village, "category": category}).all()
     total = sum(n for _, n in buckets)
     if total == 0:
         return None, None, 0
-    seconds = sa.func.extract("epoch", Issue.resolved_at - Issue.reported_at)
-    where = [sa.text(DONE_SQL), *_where(filters)]
+    shape = (filters.village_id is not None, filters.category is not None)
+    binds = {"village": filters.village_id, "category": filters.category}
 
     def values_from(rank: int, count: int) -> list[float]:
         before, start = 0, None
@@ -287,17 +330,9 @@ def _time_to_resolve_from_buckets(
                 start = aggregates.bucket_start(bucket)
                 break
             before += n
-        clauses = list(where) if start is None else [*where, seconds >= start]
-        return [
-            float(v)
-            for v in session.scalars(
-                sa.select(sa.cast(seconds, sa.Float))
-                .where(*clauses)
-                .order_by(seconds)
-                .offset(rank - before)
-                .limit(count)
-            )
-        ]
+        stmt = _resolve_seconds_statement(*shape, start is not None)
+        values = {**binds, "start": start, "skip": rank - before, "take": count}
+        return [float(v) for v in session.scalars(stmt, values)]
 
     def percentile_cont(fraction: float) -> float:
         # PostgreSQL's percentile_cont_final_common and float8_lerp, step for step.
