@@ -64,3 +64,22 @@ def test_bench_smoke_runs_and_writes_every_figure(tmp_path: Path, postgres_serve
     assert any("intake web worker" in r["name"] for r in memory), names
     assert all(0 < r["value"] < 10_000 for r in memory), memory
     assert "section" in done.stdout and "met" in done.stdout  # the table was printed
+
+
+def test_the_scaling_section_fills_only_the_services_asked_for(monkeypatch):
+    from bench.common import Context
+    from bench.scaling import SERVICES, chosen_services
+
+    monkeypatch.delenv("SCALING_SERVICES", raising=False)
+    assert chosen_services(Context()) == SERVICES
+    # In fill order whatever the order asked, from the option or the environment.
+    assert chosen_services(Context(options={"scaling_services": ["intake", "feed"]})) == (
+        "feed",
+        "intake",
+    )
+    monkeypatch.setenv("SCALING_SERVICES", "intake, scoring,dispatch")
+    assert chosen_services(Context()) == ("dispatch", "scoring", "intake")
+    for wrong in ("scoring", "intake,notify"):  # scoring is filled from dispatch's events
+        monkeypatch.setenv("SCALING_SERVICES", wrong)
+        with pytest.raises(ValueError, match="SCALING_SERVICES"):
+            chosen_services(Context())
