@@ -183,28 +183,23 @@ def test_a_keyset_query_walks_every_row_once_in_both_directions(
 
 def test_a_keyset_query_pages_exactly_as_a_select_built_each_time(database_url):
     db = Database(database_url, metadata=metadata, producer="paging")
+
+    def built_each_time(session, cursor):
+        return keyset_page(
+            session,
+            NAMED.where(things.c.name.like("事项 1%")),
+            order=[things.c.created_at.asc(), things.c.id.asc()],
+            key=lambda row: [row.created_at, row.id],
+            cursor=cursor,
+            limit=4,
+            scalars=False,
+            params={"pattern": "事项%"},
+        )
+
     try:
         with db.session() as session:
-            built, cursor = keyset_page(
-                session,
-                NAMED.where(things.c.name.like("事项 1%")),
-                order=[things.c.created_at.asc(), things.c.id.asc()],
-                key=lambda row: [row.created_at, row.id],
-                cursor=None,
-                limit=4,
-                scalars=False,
-                params={"pattern": "事项%"},
-            )
-            after, _ = keyset_page(
-                session,
-                NAMED.where(things.c.name.like("事项 1%")),
-                order=[things.c.created_at.asc(), things.c.id.asc()],
-                key=lambda row: [row.created_at, row.id],
-                cursor=cursor,
-                limit=4,
-                scalars=False,
-                params={"pattern": "事项%"},
-            )
+            built, cursor = built_each_time(session, None)
+            after, _ = built_each_time(session, cursor)
     finally:
         db.dispose()
 
