@@ -38,15 +38,18 @@ each service (issues/s) is printed and reported as rows ``load <service>`` and i
 row's ``extra`` (a reused size reports the rates of its fill).
 
 Sizes: ``ctx.options["scaling_sizes"]`` or ``SCALING_SIZES`` (e.g. ``10000,1000000``); default
-10 k and 100 k (smoke: 1 k and 5 k). The issue asks for 1 M, but the services' own code takes
-the fill in slowly on this 2-core machine. Measured at 10 k on 2026-11-29 (a quiet machine but
-for the measuring session's own editing): dispatch 48 issues/s (reports 3 s in runs of 1,000;
-the life-cycle steps, about 2.8 per issue through ``services`` one at a time, 205 s), scoring
-196 events/s ≈ 51 issues/s (3.9 events per issue; only ``issue.resolved`` is a batched
-handler), feed 1,924 issues/s, intake 218 issues/s. One 1 M size would take about 5.8 h for
-dispatch, 5.4 h for scoring, 76 min for intake and 9 min for feed, in sequence: ~12.5 h; 100 k
-about 75 min. Ask for it with ``SCALING_SIZES=10000,1000000 SCALING_KEEP_DATABASES=1`` on a
-quieter, larger machine, then measure again with ``SCALING_REUSE=1``.
+10 k and 100 k (smoke: 1 k and 5 k). ``ctx.options["scaling_services"]`` or ``SCALING_SERVICES``
+fills and measures only some of the four (scoring needs dispatch). The issue asks for 1 M, but
+the services' own code takes the fill in slowly on this 2-core machine. Measured on 2026-12-04
+(a quiet machine): at 10 k, dispatch 87 issues/s (reports in runs of 1,000, then the life-cycle
+steps, about 2.8 per issue through ``services`` one at a time), scoring 89 issues/s (3.9 events
+per issue; only ``issue.resolved`` is a batched handler); at 1 M, intake 359 issues/s (46 min)
+and feed 3,718 issues/s (4.5 min). One 1 M size would take about 3.2 h for dispatch and 3.1 h
+for scoring at the 10 k rates, ~7 h in all in sequence (more: dispatch slows with size); 100 k
+about an hour. Ask for it with
+``SCALING_SIZES=10000,1000000 SCALING_KEEP_DATABASES=1`` on a larger machine, then measure again
+with ``SCALING_REUSE=1``; ``SCALING_SERVICES=intake,feed`` measures those two at 1 M in under an
+hour.
 """
 
 from __future__ import annotations
