@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -113,17 +114,25 @@ class KeysetQuery:
     LIMIT = "keyset_limit"
 
     def __init__(self, stmt: sa.Select, order: Sequence[UnaryExpression]) -> None:
-        self.order = list(order)
-        self.columns, descending = _keyset_columns(self.order)
+        self.stmt, self.order = stmt, list(order)
+        self.columns, self.descending = _keyset_columns(self.order)
         self.bounds = [f"keyset_after_{i}" for i in range(len(self.columns))]
+        self.first = stmt.order_by(*self.order).limit(self._limit)
+
+    @property
+    def _limit(self) -> sa.BindParameter:
+        return sa.bindparam(self.LIMIT, type_=sa.Integer)
+
+    @functools.cached_property
+    def after(self) -> sa.Select:
+        """The page after a cursor, built on first use (a query built per request rarely needs
+        it)."""
         bound = sa.tuple_(
             *[sa.bindparam(n, type_=c.type) for n, c in zip(self.bounds, self.columns, strict=True)]
         )
         row_key = sa.tuple_(*self.columns)
-        limit = sa.bindparam(self.LIMIT, type_=sa.Integer)
-        self.first = stmt.order_by(*self.order).limit(limit)
-        after = row_key < bound if descending else row_key > bound
-        self.after = stmt.where(after).order_by(*self.order).limit(limit)
+        after = row_key < bound if self.descending else row_key > bound
+        return self.stmt.where(after).order_by(*self.order).limit(self._limit)
 
 
 def _keyset_columns(order: Sequence[UnaryExpression]) -> tuple[list[Any], bool]:
@@ -131,13 +140,6 @@ def _keyset_columns(order: Sequence[UnaryExpression]) -> tuple[list[Any], bool]:
     if len(directions) != 1:
         raise ValueError("keyset order must be all ascending or all descending")
     return [o.element for o in order], sa.sql.operators.desc_op in directions
-
-
-def _cursor_values(cursor: str, columns: Sequence[Any]) -> list[Any]:
-    values = decode_cursor(cursor)
-    if len(values) != len(columns) or not all(map(_fits, columns, values)):
-        raise BadRequest(INVALID_CURSOR, code="invalid_cursor")
-    return values
 
 
 def keyset_page(
@@ -152,27 +154,20 @@ def keyset_page(
     params: dict[str, Any] | None = None,
 ) -> tuple[list[Any], str | None]:
     """One page of ``stmt`` ordered by ``order`` (all ascending or all descending), or of a
-    ``KeysetQuery`` (which has its order) with its ``params``."""
-    if isinstance(stmt, KeysetQuery):
-        binds = {**(params or {}), KeysetQuery.LIMIT: limit + 1}
-        page = stmt.first
-        if cursor:
-            values = _cursor_values(cursor, stmt.columns)
-            binds.update(zip(stmt.bounds, values, strict=True))
-            page = stmt.after
-        result = session.execute(page, binds)
-    else:
+    ``KeysetQuery`` (which has its order), with ``params`` for the statement's parameters."""
+    if not isinstance(stmt, KeysetQuery):
         if order is None:
             raise TypeError("keyset_page of a Select needs its order")
-        columns, descending = _keyset_columns(order)
-        if cursor:
-            values = _cursor_values(cursor, columns)
-            row_key = sa.tuple_(*columns)
-            bound = sa.tuple_(
-                *[sa.literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)]
-            )
-            stmt = stmt.where(row_key < bound if descending else row_key > bound)
-        result = session.execute(stmt.order_by(*order).limit(limit + 1), params or {})
+        stmt = KeysetQuery(stmt, order)
+    binds = {**(params or {}), KeysetQuery.LIMIT: limit + 1}
+    page = stmt.first
+    if cursor:
+        values = decode_cursor(cursor)
+        if len(values) != len(stmt.columns) or not all(map(_fits, stmt.columns, values)):
+            raise BadRequest(INVALID_CURSOR, code="invalid_cursor")
+        binds.update(zip(stmt.bounds, values, strict=True))
+        page = stmt.after
+    result = session.execute(page, binds)
     rows = list(result.scalars() if scalars else result)
     next_cursor = encode_cursor(key(rows[limit - 1])) if len(rows) > limit else None
     return rows[:limit], next_cursor
