@@ -12,6 +12,7 @@ own Alembic history. Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -347,6 +348,23 @@ def among_bound(dialect: str, column: sa.ColumnElement[Any], name: str) -> sa.Co
     if dialect == "postgresql":
         return column == sa.func.any(sa.bindparam(name, type_=sa.ARRAY(column.type)))
     return column.in_(sa.bindparam(name, expanding=True))
+
+
+def names_by_id(
+    session: Session | sa.Connection, model: type, ids: Iterable[Any]
+) -> dict[Any, str]:
+    """``model``'s ``name`` by its ``id`` for ``ids`` (``None`` left out): the names a page of
+    items shows beside them (staff, people, villages), in one statement per model built once,
+    since composing it costs more CPU than the small read itself."""
+    wanted = sorted({i for i in ids if i is not None}, key=str)
+    if not wanted:
+        return {}
+    return dict(session.execute(_names_statement(model), {"ids": wanted}).all())
+
+
+@functools.lru_cache(maxsize=32)
+def _names_statement(model: type) -> sa.Select:
+    return sa.select(model.id, model.name).where(model.id.in_(sa.bindparam("ids", expanding=True)))
 
 
 class Upsert:

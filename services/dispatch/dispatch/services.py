@@ -40,7 +40,7 @@ from dispatch.models import (
 from dispatch.settings import DispatchSettings
 from shared.auth import Principal
 from shared.clock import SHANGHAI, utcnow
-from shared.db import among, among_bound
+from shared.db import among, among_bound, names_by_id
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.events import emit
 from shared.pagination import KeysetQuery, keyset_page
@@ -1493,19 +1493,12 @@ def history(
     )
 
 
-# Built once: every page of items names their assignees and villages (composing a statement
-# costs more CPU than these small reads).
-_STAFF_NAMES = sa.select(Staff.id, Staff.name).where(
-    Staff.id.in_(sa.bindparam("ids", expanding=True))
-)
+# Built once: every page of items names their villages.
 _VILLAGE_NAMES = sa.select(Village.id, Village.name)
 
 
 def staff_names(session: Session, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
-    wanted = sorted({i for i in ids if i is not None})
-    if not wanted:
-        return {}
-    return {row.id: row.name for row in session.execute(_STAFF_NAMES, {"ids": wanted})}
+    return names_by_id(session, Staff, ids)
 
 
 def village_names(session: Session) -> dict[uuid.UUID, str]:

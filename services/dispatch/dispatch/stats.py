@@ -147,7 +147,7 @@ _BUCKETS = (
     )
     .order_by(IssueStatsResolveTime.bucket)
 )
-_SECONDS = sa.func.extract("epoch", Issue.resolved_at - Issue.reported_at)
+_resolve_seconds = sa.func.extract("epoch", Issue.resolved_at - Issue.reported_at)
 
 
 @functools.lru_cache(maxsize=8)
@@ -156,11 +156,11 @@ def _resolve_seconds_statement(by_village: bool, by_category: bool, from_start: 
     ``from_start``, skipping ``skip`` and taking ``take`` (the resolve-time index's order)."""
     clauses = [sa.text(DONE_SQL), *_filtered(Issue, by_village, by_category)]
     if from_start:
-        clauses.append(sa.bindparam("start", type_=sa.Integer) <= _SECONDS)
+        clauses.append(_resolve_seconds >= sa.bindparam("start", type_=sa.Integer))
     return (
-        sa.select(sa.cast(_SECONDS, sa.Float))
+        sa.select(sa.cast(_resolve_seconds, sa.Float))
         .where(*clauses)
-        .order_by(_SECONDS)
+        .order_by(_resolve_seconds)
         .offset(sa.bindparam("skip", type_=sa.Integer))
         .limit(sa.bindparam("take", type_=sa.Integer))
     )

@@ -49,7 +49,7 @@ from feed.models import (
 from feed.settings import FeedSettings
 from shared.auth import Principal
 from shared.clock import utcnow
-from shared.db import Database, after_commit
+from shared.db import Database, after_commit, names_by_id
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.events import emit
 from shared.pagination import KeysetQuery, keyset_page
@@ -133,14 +133,7 @@ def upsert_village(session: Session, data: dict[str, Any]) -> Village | None:
     return village
 
 
-# Built once: every page of posts and comments names its authors and villages (composing a
-# statement costs more CPU than these small reads).
-_PERSON_NAMES = sa.select(Person.id, Person.name).where(
-    Person.id.in_(sa.bindparam("ids", expanding=True))
-)
-_VILLAGE_NAMES = sa.select(Village.id, Village.name).where(
-    Village.id.in_(sa.bindparam("ids", expanding=True))
-)
+# Built once: every page of posts says which of them the viewer liked.
 _LIKED = sa.select(PostLike.post_id).where(
     PostLike.user_id == sa.bindparam("viewer"),
     PostLike.post_id.in_(sa.bindparam("posts", expanding=True)),
@@ -148,19 +141,11 @@ _LIKED = sa.select(PostLike.post_id).where(
 
 
 def _names(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
-    ids.discard(None)  # type: ignore[arg-type]
-    if not ids:
-        return {}
-    rows = session.execute(_PERSON_NAMES, {"ids": sorted(ids)})
-    return {row.id: row.name for row in rows if row.name}
+    return {k: name for k, name in names_by_id(session, Person, ids).items() if name}
 
 
 def _village_names(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
-    ids.discard(None)  # type: ignore[arg-type]
-    if not ids:
-        return {}
-    rows = session.execute(_VILLAGE_NAMES, {"ids": sorted(ids)})
-    return {row.id: row.name for row in rows if row.name}
+    return {k: name for k, name in names_by_id(session, Village, ids).items() if name}
 
 
 # --- news: writing and the editors' desk -------------------------------------------------------

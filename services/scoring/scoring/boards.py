@@ -28,6 +28,7 @@ from scoring.models import (
 from scoring.settings import ScoringSettings
 from shared.auth import Principal
 from shared.clock import utcnow
+from shared.db import names_by_id
 from shared.errors import Invalid, NotFound
 from shared.events import emit
 from shared.export import csv_bytes, xlsx_bytes
@@ -205,15 +206,7 @@ def _names(session: Session, scope: str, rows: list[Any]) -> dict[Any, tuple[str
 
 
 def _village_names(session: Session, ids: set[Any]) -> dict[Any, str]:
-    ids = {i for i in ids if i is not None}
-    if not ids:
-        return {}
-    return dict(session.execute(_VILLAGE_NAMES, {"ids": sorted(ids)}).all())
-
-
-_VILLAGE_NAMES = sa.select(Village.id, Village.name).where(
-    Village.id.in_(sa.bindparam("ids", expanding=True))
-)
+    return names_by_id(session, Village, ids)
 
 
 # --- KPIs ----------------------------------------------------------------------------------------
